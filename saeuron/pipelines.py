@@ -1,0 +1,204 @@
+"""Load a text-to-image model by name or path and sample from it with one denoising loop.
+
+`minicanvas` (shipped, CPU) is the default; any diffusers Stable Diffusion 1.x/2.x/XL
+pipeline from a local folder or hub id goes through the same loop. The loop runs the UNet
+once per step on the CFG batch `[uncond; cond]`, so hooks see both branches, and calls
+`on_step(step_index, timestep)` before each UNet call so hooks know where they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+
+from .errors import UserError
+
+MINICANVAS = "minicanvas"
+CFG_BRANCHES = ("uncond", "cond")  # order of the two halves of the CFG batch
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How images are sampled: DDIM steps, CFG scale, size (None = model default), batch size."""
+
+    steps: int = 25
+    cfg: float = 4.0
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 50
+
+
+class MiniCanvasPipeline(DiffusionPipeline):
+    """The shipped pixel-space text-to-image pipeline (UNet + CLIP text encoder + DDIM)."""
+
+    def __init__(self, unet, scheduler, text_encoder, tokenizer):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], seeds: Sequence[int], config: SamplerConfig = SamplerConfig()):
+        """Generate images (float N x 3 x H x W in [0, 1]) for prompts x seeds pairs."""
+        return sample(self, prompts, seeds, config)
+
+
+def model_family(pipe) -> str:
+    """'minicanvas', 'sd' (1.x/2.x) or 'sdxl'."""
+    if isinstance(pipe, MiniCanvasPipeline):
+        return "minicanvas"
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return "sd"
+
+
+def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = torch.float32):
+    """Load minicanvas, a local diffusers SD 1.x/2.x/XL folder, or a hub id; DDIM scheduler."""
+    name = str(name_or_path)
+    if name == MINICANVAS:
+        from .minicanvas.model import PIPELINE_DIR
+
+        if not (PIPELINE_DIR / "model_index.json").exists():
+            raise UserError(f"the shipped minicanvas model is missing at {PIPELINE_DIR}; run scripts/train_minicanvas.py")
+        pipe = MiniCanvasPipeline.from_pretrained(PIPELINE_DIR, torch_dtype=dtype)
+    else:
+        path = Path(name).expanduser()
+        looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+        if looks_local:
+            index = path / "model_index.json"
+            if not index.exists():
+                raise UserError(f"model folder {name!r} not found or has no model_index.json; give a diffusers pipeline folder, a hub id, or 'minicanvas'")
+            cls_name = json.loads(index.read_text()).get("_class_name")
+            cls = MiniCanvasPipeline if cls_name == "MiniCanvasPipeline" else DiffusionPipeline
+            pipe = cls.from_pretrained(path, torch_dtype=dtype)
+        else:
+            try:
+                pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype)
+            except Exception as err:  # offline, unknown id, gated repo: one clear message
+                raise UserError(f"could not load model {name!r}: not a local folder and not loadable from the hub ({type(err).__name__}); pass a local diffusers folder or 'minicanvas'") from None
+    if model_family(pipe) != "minicanvas":
+        if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
+            raise UserError(f"model {name!r} is a {type(pipe).__name__}, not a Stable Diffusion 1.x/2.x/XL pipeline")
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """The model's native image size in pixels (height, width)."""
+    unet_size = pipe.unet.config.sample_size
+    scale = 1 if model_family(pipe) == "minicanvas" else pipe.vae_scale_factor
+    return unet_size * scale, unet_size * scale
+
+
+def check_prompts(pipe, prompts: Sequence[str]) -> None:
+    """Refuse an empty prompt list, and (minicanvas) words outside its language."""
+    if len(prompts) == 0:
+        raise UserError("the prompt list is empty; give at least one prompt")
+    if model_family(pipe) == "minicanvas":
+        from .minicanvas.model import FILLER_WORDS
+        from .minicanvas.world import OBJECTS, STYLE_NAMES
+
+        known = set(pipe.tokenizer.get_vocab())
+        for p in prompts:
+            for word in p.split():
+                if word not in known:
+                    raise UserError(
+                        f"unknown word {word!r} in prompt {p!r}; minicanvas knows the styles {', '.join(STYLE_NAMES)}, "
+                        f"the objects {', '.join(OBJECTS)} and the words {', '.join(FILLER_WORDS)}"
+                    )
+
+
+def _unet_conditions(pipe, prompts: list[str], height: int, width: int) -> dict:
+    """Keyword arguments of the UNet for the CFG batch [uncond; cond] of these prompts."""
+    n = len(prompts)
+    family = model_family(pipe)
+    device = pipe.unet.device
+    if family == "minicanvas":
+        ids = pipe.tokenizer([""] * n + list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return {"encoder_hidden_states": pipe.text_encoder(ids.to(device)).last_hidden_state}
+    if family == "sd":
+        cond, uncond = pipe.encode_prompt(list(prompts), device, 1, True, negative_prompt=[""] * n)
+        return {"encoder_hidden_states": torch.cat([uncond, cond])}
+    cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+        prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=[""] * n
+    )
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=cond.dtype, device=device).repeat(2 * n, 1)
+    return {
+        "encoder_hidden_states": torch.cat([uncond, cond]),
+        "added_cond_kwargs": {"text_embeds": torch.cat([uncond_pooled, pooled]), "time_ids": time_ids},
+    }
+
+
+def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+    """Starting noise, one generator per seed, so an image does not depend on its batch."""
+    family = model_family(pipe)
+    down = 1 if family == "minicanvas" else pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, height // down, width // down)
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(pipe.unet.device, pipe.unet.dtype)
+
+
+def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to images in [0, 1]."""
+    if model_family(pipe) == "minicanvas":
+        return ((latents.float().clamp(-1, 1) + 1) / 2).cpu()
+    vae = pipe.vae
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+StepCallback = Callable[[int, int], None]
+
+
+@torch.no_grad()
+def sample(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    config: SamplerConfig = SamplerConfig(),
+    on_step: StepCallback | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Generate one image per (prompt, seed) pair with DDIM and CFG: N x 3 x H x W in [0, 1].
+
+    `on_batch(start)` is called before each batch with the index of its first pair;
+    `on_step(step_index, timestep)` before each UNet call.
+    """
+    prompts = list(prompts)
+    seeds = [int(s) for s in seeds]
+    if len(prompts) != len(seeds):
+        raise UserError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    check_prompts(pipe, prompts)
+    if config.steps < 1:
+        raise UserError(f"steps must be >= 1, got {config.steps}")
+    dh, dw = default_size(pipe)
+    height, width = config.height or dh, config.width or dw
+    out = []
+    for start in range(0, len(prompts), config.batch_size):
+        if on_batch is not None:
+            on_batch(start)
+        batch_prompts = prompts[start : start + config.batch_size]
+        cond = _unet_conditions(pipe, batch_prompts, height, width)
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(config.steps)
+        latents = initial_latents(pipe, seeds[start : start + config.batch_size], height, width) * scheduler.init_noise_sigma
+        for i, t in enumerate(scheduler.timesteps):
+            if on_step is not None:
+                on_step(i, int(t))
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps_uncond, eps_cond = pipe.unet(model_in, t, **cond).sample.chunk(2)
+            eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)
+            latents = scheduler.step(eps, t, latents).prev_sample
+        out.append(_decode(pipe, latents))
+    return torch.cat(out)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """N x 3 x H x W floats in [0, 1] to N x H x W x 3 uint8."""
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from saeuron.cli import main
+from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES
+
+
+def test_concepts_json(capsys):
+    assert main(["concepts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"styles": list(STYLE_NAMES), "objects": list(OBJECTS)}
+
+
+def test_generate_then_classify(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a star in neon style\n\na ring in candy style\n")
+    out = tmp_path / "images"
+    assert main(["generate", "--prompts", str(prompts), "--seeds", "0,1", "--steps", "4", "--out", str(out)]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert [(r["prompt"], r["seed"]) for r in index] == [
+        ("a star in neon style", 0), ("a star in neon style", 1), ("a ring in candy style", 0), ("a ring in candy style", 1)]
+    assert all((out / r["file"]).exists() for r in index)
+    capsys.readouterr()
+    assert main(["classify", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == [r["file"] for r in index]
+    assert set(rows[0]) == {"file", "style", "object", "style_prob", "object_prob"}
+    assert all(r["style"] in STYLE_NAMES and r["object"] in OBJECTS and 0 < r["style_prob"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "a star in cubism style", "--out", "X"], "unknown word 'cubism'"),
+    (["generate", "--prompts", "EMPTY", "--out", "X"], "is empty"),
+    (["generate", "--prompt", "a star", "--model", "/no/such/folder", "--out", "X"], "not found"),
+    (["generate", "--prompt", "a star", "--seeds", "one", "--out", "X"], "bad seed 'one'"),
+    (["classify", "/no/such/folder"], "not found"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
+    (tmp_path / "EMPTY").write_text("\n")
+    argv = [str(tmp_path / a) if a in ("EMPTY", "X") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,73 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from saeuron.errors import UserError
+from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, load_pipeline, model_family, sample
+
+FAST = SamplerConfig(steps=4, cfg=4.0)
+
+
+def test_minicanvas_has_sd_block_layout(minicanvas_pipe):
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    assert isinstance(minicanvas_pipe, MiniCanvasPipeline)
+    modules = dict(minicanvas_pipe.unet.named_modules())
+    for path in ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2"):
+        block = modules[path]
+        assert isinstance(block, Transformer2DModel)
+        assert block.transformer_blocks[0].attn2.is_cross_attention
+
+
+def test_generation_is_deterministic_per_seed(minicanvas_pipe):
+    prompts = ["a star in neon style", "a heart in ocean style", "a star in neon style"]
+    a = sample(minicanvas_pipe, prompts, [0, 1, 0], FAST)
+    b = sample(minicanvas_pipe, prompts, [0, 1, 0], FAST)
+    assert a.shape == (3, 3, 32, 32)
+    assert torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+    # an image does not depend on the batch it was made in
+    alone = sample(minicanvas_pipe, prompts[:1], [0], FAST)
+    torch.testing.assert_close(alone[0], a[0], atol=1e-4, rtol=0)
+
+
+def test_pipeline_save_load_round_trip(minicanvas_pipe, tmp_path):
+    minicanvas_pipe.save_pretrained(tmp_path / "copy")
+    loaded = load_pipeline(tmp_path / "copy")
+    assert isinstance(loaded, MiniCanvasPipeline)
+    a = sample(minicanvas_pipe, ["a moon in lava style"], [5], FAST)
+    b = sample(loaded, ["a moon in lava style"], [5], FAST)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fixture, family", [("tiny_sd_dir", "sd"), ("tiny_sdxl_dir", "sdxl")])
+def test_real_model_families_load_and_generate(request, fixture, family):
+    pipe = load_pipeline(request.getfixturevalue(fixture))
+    assert model_family(pipe) == family
+    images = sample(pipe, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2, cfg=7.5))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    assert torch.equal(images, sample(pipe, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2, cfg=7.5)))
+
+
+def test_unknown_word_is_a_clear_error(minicanvas_pipe):
+    with pytest.raises(UserError, match="unknown word 'cubism'.*styles"):
+        sample(minicanvas_pipe, ["a star in cubism style"], [0], FAST)
+
+
+def test_empty_prompt_list_and_missing_folder_are_clear_errors(minicanvas_pipe, tmp_path):
+    with pytest.raises(UserError, match="prompt list is empty"):
+        sample(minicanvas_pipe, [], [], FAST)
+    with pytest.raises(UserError, match="not found"):
+        load_pipeline(tmp_path / "no_such_model")
+
+
+def test_unreachable_hub_id_is_one_clear_error():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "saeuron.cli", "generate", "--model", "nobody/no-such-model", "--prompt", "a cat",
+                          "--out", "/tmp/never"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2
+    assert "could not load model 'nobody/no-such-model'" in run.stderr
+    assert "Traceback" not in run.stderr
