@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from saeuron.ablate import StepAblation, ablate_acts, plan_ablation, steer_acts
+from saeuron.concepts import ConceptMeanAccumulator, ConceptScores, select_features
+from saeuron.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def sae():
+    from sae_lens import SAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    return SAE.from_dict(TopKSAEConfig(d_in=16, d_sae=64, k=8).to_dict()).eval()
+
+
+def test_nothing_selected_returns_block_output_exactly(sae):
+    x = torch.randn(2, 10, 16)
+    empty = StepAblation(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0))
+    assert torch.equal(ablate_acts(sae, x, None), x)
+    assert torch.equal(ablate_acts(sae, x, empty), x)
+    # a selection that never fires (threshold above every activation) also leaves x exactly
+    never = StepAblation(torch.tensor([0, 1]), torch.tensor([-5.0, -5.0]), torch.tensor([1e9, 1e9]))
+    assert torch.equal(ablate_acts(sae, x, never), x)
+
+
+def test_ablation_keeps_reconstruction_error_and_changes_only_selected_direction(sae):
+    with torch.no_grad():
+        x = torch.randn(1, 6, 16)
+        f = sae.encode(x)
+        i = int(f[0, 0].argmax())
+        step = StepAblation(torch.tensor([i]), torch.tensor([-2.0]), torch.tensor([0.0]))
+        out = ablate_acts(sae, x, step)
+        f_new = f.clone()
+        f_new[..., i] = torch.where(f[..., i] > 0, f[..., i] * -2.0, f[..., i])
+        expected = x + (f_new - f)[..., i : i + 1] * sae.W_dec[i]
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out, x)
+
+
+def test_steering(sae):
+    x = torch.randn(1, 4, 16)
+    torch.testing.assert_close(steer_acts(sae, x, 3, 2.0, "add"), x + 2.0 * sae.W_dec[3])
+    with torch.no_grad():
+        assert torch.equal(steer_acts(sae, x, 3, 1.0, "scale"), x)
+    with pytest.raises(UserError, match="feature 999 out of range"):
+        steer_acts(sae, x, 999, 1.0)
+
+
+def _toy_scores():
+    concepts = ["style:a", "style:b", "style:c", "object:x", "object:y"]
+    acc = ConceptMeanAccumulator(concepts, n_steps=2, n_features=6)
+    rng = np.random.default_rng(0)
+    for style, feat in (("a", 0), ("b", 1), ("c", 2)):
+        for obj, ofeat in (("x", 3), ("y", 4)):
+            for step in range(2):
+                v = rng.uniform(0, 0.1, 6)
+                v[feat] += 1.0
+                v[ofeat] += 1.0
+                acc.add([f"style:{style}", f"object:{obj}"], step, v)
+    return acc.scores(np.array([900, 400]))
+
+
+def test_scores_find_the_feature_of_each_concept(tmp_path):
+    scores = _toy_scores()
+    for c, feat in (("style:a", 0), ("style:b", 1), ("object:y", 4)):
+        for t in range(2):
+            assert select_features(scores.scores[scores.index(c)], top_n=1)[t][0] == feat
+    scores.save(tmp_path / "concepts.h5")
+    loaded = ConceptScores.load(tmp_path / "concepts.h5")
+    assert loaded.concepts == scores.concepts and np.array_equal(loaded.scores, scores.scores)
+    with pytest.raises(UserError, match="unknown concept 'style:zzz'"):
+        loaded.index("style:zzz")
+
+
+def test_plan_is_union_over_targets():
+    scores = _toy_scores()
+    plan = plan_ablation(scores, ["style:a", "style:b"], multiplier=-1.0, top_n=1)
+    assert sorted(plan.steps) == [0, 1]
+    assert plan.steps[0].features.tolist() == [0, 1]
+    assert (plan.steps[0].scale < 0).all()
+    with pytest.raises(UserError, match="must be negative"):
+        plan_ablation(scores, ["style:a"], multiplier=2.0, top_n=1)
