@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import torch
 import numpy as np
 
 from .errors import UserError
@@ -30,6 +31,7 @@ class ConceptScores:
     mean_acts: np.ndarray  # (C, T, F) mean over the concept's images of position-averaged latents
     scores: np.ndarray  # (C, T, F)
     n_images: np.ndarray  # (C,)
+    steps: np.ndarray | None = None  # (T,) step index of each row (None = 0..T-1)
 
     def index(self, concept: str) -> int:
         """Row of a concept ('style:NAME' / 'object:NAME'); clear error if unknown."""
@@ -52,6 +54,7 @@ class ConceptScores:
             f.create_dataset("mean_acts", data=self.mean_acts.astype(np.float32), compression="gzip")
             f.create_dataset("scores", data=self.scores.astype(np.float32), compression="gzip")
             f["n_images"] = self.n_images
+            f["steps"] = self.steps if self.steps is not None else np.arange(len(self.timesteps))
         tmp.replace(path)
 
     @classmethod
@@ -67,6 +70,7 @@ class ConceptScores:
                     mean_acts=f["mean_acts"][()],
                     scores=f["scores"][()],
                     n_images=f["n_images"][()],
+                    steps=f["steps"][()],
                 )
         except (OSError, KeyError) as err:
             raise UserError(f"cannot read concept scores from {str(path)!r}: {err}") from None
@@ -128,3 +132,82 @@ def select_features(scores_tf: np.ndarray, percentile: float | None = None, top_
             ids = ids[np.argsort(-row[ids], kind="stable")]
         chosen.append(ids[row[ids] > 0])  # a feature that carries the concept less than the rest is never chosen
     return chosen
+
+
+def image_concepts(prompt_row: dict) -> list[str]:
+    """Concept labels of a prompt-table row: ['style:X', 'object:Y'] (empty labels skipped)."""
+    return [f"{kind}:{prompt_row[kind]}" for kind in ("style", "object") if prompt_row.get(kind)]
+
+
+@torch.no_grad()
+def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15, branch: str = "cond") -> ConceptScores:
+    """Concept scores of an SAE over a cached run: latents averaged per image and step, then per concept."""
+    from tqdm import tqdm
+
+    from .cache import open_store, read_rows, row_provenance
+    from .pipelines import CFG_BRANCHES
+
+    info = open_store(cache_path)
+    if hookpoint not in info.widths:
+        raise UserError(f"hookpoint {hookpoint!r} is not in {str(cache_path)!r}; it holds {', '.join(info.hookpoints)}")
+    if sae.cfg.d_in != info.widths[hookpoint]:
+        raise UserError(f"SAE width {sae.cfg.d_in} does not match hookpoint {hookpoint!r} of width {info.widths[hookpoint]}")
+    prov = row_provenance(cache_path, hookpoint)
+    keep = prov["branch"] == CFG_BRANCHES.index(branch)
+    if not keep.any():
+        raise UserError(f"{str(cache_path)!r} holds no rows of CFG branch {branch!r}")
+    # one group per (prompt, seed, step): an image at one step
+    keys = np.stack([prov["prompt"], prov["seed"], prov["step"]], 1)
+    uniq, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.ravel()
+    n_feat = sae.cfg.d_sae
+    sums = torch.zeros(len(uniq), n_feat, dtype=torch.float64)
+    counts = np.bincount(group[keep], minlength=len(uniq))
+    n = len(group)
+    for start in tqdm(range(0, n, block_rows), desc=f"scoring {hookpoint}"):
+        stop = min(start + block_rows, n)
+        mask = keep[start:stop]
+        if not mask.any():
+            continue
+        latents = sae.encode(read_rows(cache_path, hookpoint, start, stop)[torch.from_numpy(mask)])
+        sums.index_add_(0, torch.from_numpy(group[start:stop][mask]), latents.double())
+    steps = sorted(set(uniq[:, 2].tolist()))
+    step_row = {s: i for i, s in enumerate(steps)}
+    timesteps = np.zeros(len(steps), np.int64)
+    for s, t in zip(prov["step"], prov["timestep"]):
+        timesteps[step_row[int(s)]] = int(t)
+    concepts = sorted({c for p in info.prompts for c in image_concepts(p)}, key=lambda c: (not c.startswith("style"), c))
+    acc = ConceptMeanAccumulator(concepts, len(steps), n_feat)
+    means = (sums / torch.from_numpy(np.maximum(counts, 1))[:, None]).numpy()
+    for (prompt, _seed, step), mean, count in zip(uniq, means, counts):
+        if count:
+            acc.add(image_concepts(info.prompts[int(prompt)]), step_row[int(step)], mean)
+    scores = acc.scores(timesteps)
+    scores.steps = np.array(steps)
+    return scores
+
+
+def _cmd_score(args) -> None:
+    from .sae import load_sae
+
+    hookpoint = args.hookpoint
+    sae_cfg = Path(args.sae) / "train_config.json"
+    if hookpoint is None and sae_cfg.exists():
+        hookpoint = json.loads(sae_cfg.read_text()).get("hookpoint")
+    if hookpoint is None:
+        raise UserError("give --hookpoint: the SAE folder does not say which hookpoint it was trained on")
+    sae = load_sae(args.sae, hookpoint=hookpoint).eval()
+    scores = score_cache(Path(args.cache), hookpoint, sae)
+    out = Path(args.out) if args.out else Path(args.sae) / "concepts.h5"
+    scores.save(out, {"cache": str(args.cache), "sae": str(args.sae), "hookpoint": hookpoint})
+    print(f"scored {len(scores.concepts)} concepts x {len(scores.timesteps)} steps x {scores.scores.shape[2]} features -> {out}")
+
+
+def register_cli(sub) -> None:
+    """Add `score`."""
+    p = sub.add_parser("score", help="per-timestep concept scores of every SAE feature (SAeUron)")
+    p.add_argument("--cache", required=True, help="the activation store (.h5 or sharded folder)")
+    p.add_argument("--sae", required=True, help="the SAE folder")
+    p.add_argument("--hookpoint", help="default: the hookpoint the SAE was trained on")
+    p.add_argument("--out", help="default: SAE_DIR/concepts.h5")
+    p.set_defaults(func=_cmd_score)

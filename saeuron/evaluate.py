@@ -84,3 +84,121 @@ def answer_set_grid(images: torch.Tensor, answers: AnswerSet, path: Path, seed_i
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images[keep], n_cols=len(answers.objects)).save(path)
     return path
+
+
+# ---------------------------------------------------------------- unlearning metrics (UnlearnCanvas)
+
+
+def unlearning_metrics(target: str, answers: AnswerSet, labels: list[dict]) -> dict:
+    """UA, IRA, CRA (%) of one erased concept from the classifier labels of the answer set.
+
+    UA = 1 - accuracy on images of the target; IRA = accuracy (same head) on images of the
+    other concepts of its kind; CRA = accuracy of the other head on every image.
+    """
+    kind, _, name = target.partition(":")
+    other = "object" if kind == "style" else "style"
+    rows = answers.rows()
+    truth = [{"style": s, "object": o} for s, o, _ in rows]
+    on_target = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if t[kind] == name]
+    in_domain = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if t[kind] != name]
+    cross = [lab[other] == t[other] for lab, t in zip(labels, truth)]
+    if not on_target:
+        raise ValueError(f"the answer set has no image of {target!r}")
+    return {
+        "UA": 100 * (1 - float(np.mean(on_target))),
+        "IRA": 100 * float(np.mean(in_domain)) if in_domain else float("nan"),
+        "CRA": 100 * float(np.mean(cross)),
+    }
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (as FID does)."""
+    from scipy import linalg
+
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+@torch.no_grad()
+def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels: list[dict], edited_labels: list[dict]) -> dict:
+    """How much of what should be kept changed: Frechet distance on classifier features, share of changed labels."""
+    from .minicanvas.classifier import load_classifier
+
+    model = load_classifier()
+    fa, fb = model.features(base_images).numpy(), model.features(edited_images).numpy()
+    changed = [a["style"] != b["style"] or a["object"] != b["object"] for a, b in zip(base_labels, edited_labels)]
+    return {
+        "frechet_classifier_features": frechet_distance(fa, fb) if len(fa) > 2 else float("nan"),
+        "changed_label_share": 100 * float(np.mean(changed)),
+        "mean_abs_pixel_change": float((base_images - edited_images).abs().mean()),
+    }
+
+
+# ---------------------------------------------------------------- unlearning runs
+
+
+TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0)}
+
+
+def _labels_of(images: torch.Tensor) -> list[dict]:
+    from .minicanvas.classifier import classify
+
+    return [vars(label) for label in classify(images)]
+
+
+def ablated_answer_set(pipe, sae, hookpoint: str, scores, targets: list[str], answers: AnswerSet, config: SamplerConfig,
+                       multiplier: float, percentile: float) -> torch.Tensor:
+    """The answer set generated with the targets ablated together."""
+    from .ablate import plan_ablation, sample_with_ablation
+
+    plan = plan_ablation(scores, targets, multiplier, percentile=percentile)
+    return sample_with_ablation(pipe, sae, hookpoint, plan, answers.prompts(), [k for _, _, k in answers.rows()], config)
+
+
+def tune_target(pipe, sae, hookpoint: str, scores, target: str, seeds: Sequence[int], config: SamplerConfig,
+                grid: dict = TUNING_GRID) -> dict:
+    """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds."""
+    answers = full_answer_set(seeds)
+    best = None
+    for pct in grid["percentile"]:
+        for mult in grid["multiplier"]:
+            labels = _labels_of(ablated_answer_set(pipe, sae, hookpoint, scores, [target], answers, config, mult, pct))
+            m = unlearning_metrics(target, answers, labels)
+            objective = (m["UA"] + m["IRA"]) / 2
+            if best is None or objective > best["objective"]:
+                best = {"percentile": pct, "multiplier": mult, "objective": objective, **m}
+    return best
+
+
+def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], seeds: Sequence[int], config: SamplerConfig,
+                        params: dict[str, dict], together: bool = False, progress=None) -> dict:
+    """UA / IRA / CRA per target, the base model's accuracies, means per kind, and fidelity on kept prompts.
+
+    `params[target]` holds the target's {percentile, multiplier}.
+    """
+    answers = full_answer_set(seeds)
+    base_images = generate_answer_set(pipe, answers, config)
+    base = label_accuracy(base_images, answers)
+    base_labels = base.pop("labels")
+    groups = [list(targets)] if together else [[t] for t in targets]
+    results: dict[str, dict] = {}
+    for group in groups:
+        p = params[group[0]]
+        images = ablated_answer_set(pipe, sae, hookpoint, scores, group, answers, config, p["multiplier"], p["percentile"])
+        labels = _labels_of(images)
+        kept = [i for i, (s, o, _) in enumerate(answers.rows()) if f"style:{s}" not in group and f"object:{o}" not in group]
+        fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept]) if kept else {}
+        for t in group:
+            results[t] = {**unlearning_metrics(t, answers, labels), "percentile": p["percentile"], "multiplier": p["multiplier"], "fidelity": fid}
+        if progress is not None:
+            progress(group)
+    mean = {}
+    for kind in ("style", "object"):
+        rows = [m for t, m in results.items() if t.startswith(kind)]
+        if rows:
+            mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
+    return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
+            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": hookpoint}}
