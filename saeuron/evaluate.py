@@ -174,7 +174,7 @@ def tune_target(pipe, sae, hookpoint: str, scores, target: str, seeds: Sequence[
 
 
 def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], seeds: Sequence[int], config: SamplerConfig,
-                        params: dict[str, dict], together: bool = False, progress=None) -> dict:
+                        params: dict[str, dict], together: bool = False, progress=None, report_dir: Path | None = None) -> dict:
     """UA / IRA / CRA per target, the base model's accuracies, means per kind, and fidelity on kept prompts.
 
     `params[target]` holds the target's {percentile, multiplier}.
@@ -183,12 +183,16 @@ def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], s
     base_images = generate_answer_set(pipe, answers, config)
     base = label_accuracy(base_images, answers)
     base_labels = base.pop("labels")
+    if report_dir is not None:
+        answer_set_grid(base_images, answers, report_dir / "base.png")
     groups = [list(targets)] if together else [[t] for t in targets]
     results: dict[str, dict] = {}
     for group in groups:
         p = params[group[0]]
         images = ablated_answer_set(pipe, sae, hookpoint, scores, group, answers, config, p["multiplier"], p["percentile"])
         labels = _labels_of(images)
+        if report_dir is not None:
+            answer_set_grid(images, answers, report_dir / f"ablated_{'+'.join(group).replace(':', '-')}.png")
         kept = [i for i, (s, o, _) in enumerate(answers.rows()) if f"style:{s}" not in group and f"object:{o}" not in group]
         fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept]) if kept else {}
         for t in group:
@@ -202,3 +206,96 @@ def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], s
             mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
     return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
             "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": hookpoint}}
+
+
+def markdown_report(results: dict) -> str:
+    """A Markdown table of UA / IRA / CRA per target and the means."""
+    lines = ["| target | UA | IRA | CRA | percentile | multiplier | changed labels (kept prompts) |", "|---|---|---|---|---|---|---|"]
+    for t, m in results["targets"].items():
+        changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))
+        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {m['percentile']} | {m['multiplier']} | {changed:.1f}% |")
+    for kind, m in results["mean"].items():
+        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | |")
+    b = results["base"]
+    lines.append("")
+    lines.append(f"Base model: style accuracy {b['style_accuracy']:.1f}%, object accuracy {b['object_accuracy']:.1f}%.")
+    return "\n".join(lines) + "\n"
+
+
+def parse_target_spec(text: str) -> list[str]:
+    """all-styles | all-objects | style:NAME,object:NAME,..."""
+    from .ablate import parse_targets
+    from .minicanvas.world import OBJECTS, STYLE_NAMES
+
+    if text == "all-styles":
+        return [f"style:{s}" for s in STYLE_NAMES]
+    if text == "all-objects":
+        return [f"object:{o}" for o in OBJECTS]
+    return parse_targets(text)
+
+
+def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
+                   together: bool, out: Path, report_dir: Path | None, pipe=None) -> dict:
+    """Tune (or reuse tuned values), evaluate, and write results JSON and the report."""
+    import json
+
+    from tqdm import tqdm
+
+    from .concepts import ConceptScores
+    from .errors import UserError
+    from .pipelines import load_pipeline
+    from .sae import load_sae
+
+    if tune_seeds and set(tune_seeds) & set(seeds):
+        raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
+    hookpoint = json.loads((sae_dir / "train_config.json").read_text())["hookpoint"]
+    pipe = pipe or load_pipeline()
+    sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
+    scores_path = sae_dir / "concepts.h5"
+    if not scores_path.exists():
+        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
+    scores = ConceptScores.load(scores_path)
+    tuned_path = sae_dir / "tuned.json"
+    tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+    from .ablate import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE
+
+    for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
+        if tune_seeds and t not in tuned:
+            tuned[t] = tune_target(pipe, sae, hookpoint, scores, t, tune_seeds, config)
+            tuned[t]["tune_seeds"] = list(tune_seeds)
+            tuned_path.write_text(json.dumps(tuned, indent=1))
+    params = {t: tuned.get(t, {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}) for t in targets}
+    bar = tqdm(total=1 if together else len(targets), desc="evaluating")
+    results = evaluate_unlearning(pipe, sae, hookpoint, scores, targets, seeds, config, params, together,
+                                  progress=lambda _g: bar.update(1), report_dir=report_dir)
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    if report_dir is not None:
+        (report_dir / "report.md").write_text(markdown_report(results))
+    return results
+
+
+def _cmd_evaluate(args) -> None:
+    from .generate import parse_seeds, sampler_from_args
+
+    results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
+                             parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
+                             args.together, Path(args.out), Path(args.report) if args.report else None)
+    print(markdown_report(results))
+
+
+def register_cli(sub) -> None:
+    """Add `evaluate`."""
+    from .generate import add_sampler_args
+
+    p = sub.add_parser("evaluate", help="UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation on minicanvas")
+    p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")
+    p.add_argument("--targets", required=True, help="all-styles | all-objects | style:NAME,object:NAME,...")
+    p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")
+    p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
+    p.add_argument("--together", action="store_true", help="erase all targets at once")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--report", help="folder for report.md and PNG grids")
+    add_sampler_args(p)
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,36 @@
+
+import numpy as np
+import pytest
+
+from saeuron.evaluate import AnswerSet, frechet_distance, markdown_report, parse_target_spec, unlearning_metrics
+
+
+def test_unlearning_metrics_follow_unlearncanvas():
+    answers = AnswerSet(("a", "b"), ("x", "y"), (0, 1))
+    rows = answers.rows()
+    # the target style 'a' is never recognised; other labels right, except one object on a 'b' image
+    labels = [{"style": "b" if s == "a" else s, "object": o} for s, o, _ in rows]
+    labels[-1]["object"] = "x"
+    m = unlearning_metrics("style:a", answers, labels)
+    assert m == {"UA": 100.0, "IRA": 100.0, "CRA": 100 * 7 / 8}
+    m = unlearning_metrics("object:y", answers, labels)
+    assert m["UA"] == pytest.approx(100 * 1 / 4) and m["CRA"] == pytest.approx(50.0)
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 4))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, a + 3) == pytest.approx(36, rel=1e-3)
+
+
+def test_target_spec_and_report():
+    assert parse_target_spec("all-styles")[0].startswith("style:")
+    assert parse_target_spec("style:neon,object:star") == ["style:neon", "object:star"]
+    from saeuron.errors import UserError
+
+    with pytest.raises(UserError, match="bad target 'style:cubism'"):
+        parse_target_spec("style:cubism")
+    md = markdown_report({"targets": {"style:neon": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0, "percentile": 99.7, "multiplier": -1.0}},
+                          "mean": {"style": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0}}, "base": {"style_accuracy": 99.0, "object_accuracy": 95.0}})
+    assert "| style:neon | 90.0 | 80.0 | 70.0 |" in md
