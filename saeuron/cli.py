@@ -13,7 +13,7 @@ import sys
 from .errors import UserError
 
 # stage modules that contribute subcommands, in the order they appear in --help
-STAGE_MODULES = ("saeuron.generate", "saeuron.hooks", "saeuron.cache", "saeuron.demo")
+STAGE_MODULES = ("saeuron.generate", "saeuron.hooks", "saeuron.cache", "saeuron.train", "saeuron.concepts", "saeuron.evaluate", "saeuron.demo", "saeuron.app")
 
 
 def build_parser() -> argparse.ArgumentParser:

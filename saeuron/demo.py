@@ -1,49 +1,97 @@
-"""`saeuron demo`: the end-to-end job on the shipped model, laid out as a run directory.
+"""`saeuron demo`: the end-to-end SAeUron job on the shipped model, laid out as a run directory.
 
-For now (foundation): generate every style x object, label it with the classifier, and write
-`report/grid.png` and `report/base.json`. Later stages (cache, train, score, unlearn,
-evaluate) extend this run.
+cache -> train -> score -> unlearn one style and one object -> evaluate -> report, each stage
+skipped when its output already exists, so an interrupted demo resumes where it stopped:
+
+    activations/demo/
+      cache.h5                 activations of both hookpoints, every step, conditional branch
+      saes/<hookpoint>/        SAE (sae-lens format), train_config.json, metrics.json, concepts.h5
+      eval/results.json        UA / IRA / CRA of each target
+      report/                  report.md, base.png, ablated_*.png
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from .evaluate import answer_set_grid, full_answer_set, generate_answer_set, label_accuracy
 from .generate import parse_seeds
 from .pipelines import SamplerConfig, load_pipeline
 
+# SAeUron hooks up_blocks.1.attentions.1 for objects and up_blocks.1.attentions.2 for styles
+OBJECT_HOOKPOINT = "up_blocks.1.attentions.1"
+STYLE_HOOKPOINT = "up_blocks.1.attentions.2"
 
-def run_demo(out: Path, seeds: list[int]) -> dict:
-    """Generate, label and report the base model's answer set into the run directory `out`."""
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs: cache seeds, SAE tokens, the two targets and evaluation seeds."""
+
+    cache_seeds: tuple[int, ...] = (0,)
+    sae_tokens: int = 1_500_000
+    style_target: str = "style:neon"
+    object_target: str = "object:star"
+    eval_seeds: tuple[int, ...] = (100,)
+
+
+def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
+    """Run every stage into the run directory `out`; returns the evaluation results."""
+    from .cache import CacheConfig, cache_activations, open_store
+    from .concepts import score_cache
+    from .evaluate import markdown_report, run_evaluation
+    from .minicanvas.world import all_prompts
+    from .sae import load_sae
+    from .train import TrainConfig, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(config.__dict__, indent=1))
     pipe = load_pipeline()
-    config = SamplerConfig()
-    answers = full_answer_set(seeds)
-    n = len(answers.rows())
-    bar = tqdm(total=n, desc="demo: generating every style x object")
-    images = generate_answer_set(pipe, answers, config, on_batch=lambda start: bar.update(min(config.batch_size, n - start)))
-    bar.close()
-    acc = label_accuracy(images, answers)
-    report = out / "report"
-    grid = answer_set_grid(images, answers, report / "grid.png")
-    base = {"style_accuracy": acc["style_accuracy"], "object_accuracy": acc["object_accuracy"],
-            "per_style": acc["per_style"], "per_object": acc["per_object"], "seeds": seeds, "sampler": vars(config)}
-    (report / "base.json").write_text(json.dumps(base, indent=1))
-    return {"grid": str(grid), "style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]}
+    sampler = SamplerConfig()
+    store = out / "cache.h5"
+    cache_cfg = CacheConfig(hookpoints=(OBJECT_HOOKPOINT, STYLE_HOOKPOINT), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
+    if not (store.exists() and open_store(store).complete):
+        print("[1/4] caching activations")
+        cache_activations(pipe, all_prompts(), store, cache_cfg, resume=store.exists())
+    results = {}
+    for hookpoint, target in ((STYLE_HOOKPOINT, config.style_target), (OBJECT_HOOKPOINT, config.object_target)):
+        sae_dir = out / "saes" / hookpoint
+        if not (sae_dir / "metrics.json").exists():
+            print(f"[2/4] training the SAE of {hookpoint}")
+            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens), resume=sae_dir.exists())
+        if not (sae_dir / "concepts.h5").exists():
+            print(f"[3/4] scoring concepts on {hookpoint}")
+            sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
+            score_cache(store, hookpoint, sae).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": hookpoint})
+        print(f"[4/4] unlearning {target} and evaluating")
+        res = run_evaluation(sae_dir, [target], list(config.eval_seeds), None, sampler, False,
+                             out / "eval" / f"{target.replace(':', '-')}.json", out / "report", pipe=pipe)
+        results["targets"] = {**results.get("targets", {}), **res["targets"]}
+        results["base"] = res["base"]
+        results["mean"] = {**results.get("mean", {}), **res["mean"]}
+        results["config"] = {**res["config"], "hookpoint": "per target"}
+    (out / "eval" / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report" / "report.md").write_text("# saeuron demo\n\n" + markdown_report(results))
+    return results
 
 
 def _cmd_demo(args) -> None:
-    summary = run_demo(Path(args.out), parse_seeds(args.seeds))
-    print(f"style accuracy {summary['style_accuracy']:.1f}%  object accuracy {summary['object_accuracy']:.1f}%")
-    print(f"grid of every style x object: {summary['grid']}")
+    from .evaluate import markdown_report
+
+    config = DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds)),
+                        style_target=args.style, object_target=args.object)
+    results = run_demo(Path(args.out), config)
+    print(markdown_report(results))
+    print(f"run directory: {args.out} (report in {Path(args.out) / 'report'})")
 
 
 def register_cli(sub) -> None:
     """Add `demo`."""
-    p = sub.add_parser("demo", help="run the end-to-end demo on the shipped minicanvas model")
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="run the end-to-end SAeUron demo on the shipped minicanvas model")
     p.add_argument("--out", default="activations/demo", help="run directory (default activations/demo)")
-    p.add_argument("--seeds", default="0", help="seeds of the answer set (default 0)")
+    p.add_argument("--cache-seeds", default=",".join(map(str, d.cache_seeds)))
+    p.add_argument("--eval-seeds", default=",".join(map(str, d.eval_seeds)))
+    p.add_argument("--style", default=d.style_target, help=f"style to erase (default {d.style_target})")
+    p.add_argument("--object", default=d.object_target, help=f"object to erase (default {d.object_target})")
     p.set_defaults(func=_cmd_demo)

@@ -32,3 +32,27 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     from tiny_models import tiny_sdxl_pipeline
 
     return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+TINY_HOOKPOINT = "up_blocks.1.attentions.2"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, minicanvas_pipe) -> Path:
+    """A small run directory: cache (3 styles x 2 objects, 2 seeds, 4 steps), one SAE, its concept scores."""
+    from saeuron.cache import CacheConfig, cache_activations
+    from saeuron.concepts import score_cache
+    from saeuron.minicanvas.world import all_prompts
+    from saeuron.sae import load_sae
+    from saeuron.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("run")
+    prompts = [r for r in all_prompts() if r["style"] in ("neon", "ocean", "lava") and r["object"] in ("star", "ring")]
+    cache_activations(minicanvas_pipe, prompts, run / "cache.h5",
+                      CacheConfig(hookpoints=(TINY_HOOKPOINT,), seeds=(0, 1), steps=4, batch_size=6), progress=False)
+    sae_dir = run / "saes" / TINY_HOOKPOINT
+    train(TrainConfig(out=str(sae_dir), hookpoint=TINY_HOOKPOINT, cache=str(run / "cache.h5"), tokens=30_000,
+                      batch_size=512, expansion=4, n_checkpoints=0))
+    sae = load_sae(sae_dir, hookpoint=TINY_HOOKPOINT).eval()
+    score_cache(run / "cache.h5", TINY_HOOKPOINT, sae).save(sae_dir / "concepts.h5")
+    return run

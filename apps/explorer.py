@@ -1,0 +1,470 @@
+"""saeuron explorer: browse an SAE's features, concept scores, and ablate/steer concepts live.
+
+Run: `saeuron app RUN_DIR`, `streamlit run apps/explorer.py -- RUN_DIR`, or set $SAEURON_RUN.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from saeuron.app import (
+    feature_stats, feature_table, inspect_run, manual_plan, merge_plans, overlay, parse_feature_ids,
+    run_dir_from_argv, sample_ablated, sample_steered, spatial_map, upscale,
+)
+from saeuron.errors import UserError
+
+st.set_page_config(page_title="saeuron explorer", layout="wide")
+PAGES = ("Features", "Concepts", "Ablate", "Run")
+
+
+# ---------------------------------------------------------------- cached loaders
+
+
+@st.cache_resource(show_spinner="loading the pipeline")
+def get_pipeline(model: str):
+    from saeuron.pipelines import load_pipeline
+
+    return load_pipeline(model)
+
+
+@st.cache_resource(show_spinner="loading the SAE")
+def get_sae(folder: str, hookpoint: str, mtime: float = 0.0):
+    from saeuron.sae import load_sae
+
+    return load_sae(folder, hookpoint=hookpoint).eval()
+
+
+@st.cache_resource(show_spinner="reading concept scores")
+def get_scores(path: str, mtime: float):
+    from saeuron.concepts import ConceptScores
+
+    return ConceptScores.load(Path(path))
+
+
+@st.cache_resource(show_spinner="reading the cache")
+def get_store(path: str, mtime: float):
+    from saeuron.cache import open_store
+
+    return open_store(path)
+
+
+@st.cache_resource(show_spinner="encoding a sample of cache rows with the SAE")
+def get_stats(cache: str, folder: str, hookpoint: str, max_rows: int, mtime: float):
+    return feature_stats(cache, hookpoint, get_sae(folder, hookpoint, _folder_mtime(folder)), max_rows=max_rows)
+
+
+@st.cache_data(show_spinner="generating images", max_entries=256)
+def generate(model: str, prompts: tuple[str, ...], seeds: tuple[int, ...], steps: int, cfg: float) -> np.ndarray:
+    from saeuron.pipelines import SamplerConfig, sample, to_uint8
+
+    return to_uint8(sample(get_pipeline(model), list(prompts), list(seeds), SamplerConfig(steps=steps, cfg=cfg)))
+
+
+def _mtime(p) -> float:
+    return Path(p).stat().st_mtime if p and Path(p).exists() else 0.0
+
+
+def _folder_mtime(folder) -> float:
+    """Newest file time in an SAE folder, so a retrained SAE is reloaded."""
+    return max((p.stat().st_mtime for p in Path(folder).iterdir() if p.is_file()), default=0.0)
+
+
+def is_minicanvas(model: str) -> bool:
+    return str(model) == "minicanvas"
+
+
+def labels_of(images_uint8: np.ndarray) -> list:
+    import torch
+
+    from saeuron.minicanvas.classifier import classify
+
+    return classify(torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255)
+
+
+# ---------------------------------------------------------------- sidebar: run, hookpoint, page
+
+
+if "run_dir" not in st.session_state:
+    # `streamlit run apps/explorer.py -- RUN_DIR` sets sys.argv to [this file, RUN_DIR]; elsewhere (AppTest) argv is not ours
+    ours = bool(sys.argv) and Path(sys.argv[0]).name == Path(__file__).name
+    st.session_state.run_dir = run_dir_from_argv(sys.argv[1:] if ours else [])
+st.sidebar.title("saeuron explorer")
+run_dir = st.sidebar.text_input("Run directory", key="run_dir")
+page = st.sidebar.radio("Page", PAGES, key="page")
+info = inspect_run(run_dir)
+
+st.title(f"saeuron explorer — {page}")
+if info.missing:
+    st.warning("This run directory is incomplete:\n\n" + "\n".join(f"- {m}" for m in info.missing))
+
+store = None
+if info.cache is not None:
+    try:
+        store = get_store(str(info.cache), _mtime(info.cache))
+    except (UserError, OSError, KeyError) as err:
+        st.error(f"cannot read the activation cache {str(info.cache)!r}: {err}")
+
+hookpoints = sorted(info.saes)
+hookpoint = st.sidebar.selectbox("Hookpoint (SAE)", hookpoints, key="hookpoint") if hookpoints else None
+model = (store.config.get("model", "minicanvas") if store else "minicanvas")
+cache_steps = int(store.config.get("steps", 25)) if store else 25
+cache_cfg = float(store.config.get("cfg", 4.0)) if store else 4.0
+st.sidebar.caption(f"model: {model} · cache steps: {cache_steps} · CFG {cache_cfg}")
+
+
+def need(*pieces: str) -> bool:
+    """Stop the page with an error naming the command that makes each missing piece."""
+    problems = []
+    run = info.run
+    if "cache" in pieces and store is None:
+        problems.append(f"the activation cache ({run}/cache.h5) is missing or unreadable: "
+                        f"`saeuron cache --minicanvas --hookpoints HOOKPOINT --out {run}/cache.h5`")
+    if "sae" in pieces and hookpoint is None:
+        problems.append(f"no SAE in {run}/saes/: `saeuron train --cache {run}/cache.h5 --hookpoint HOOKPOINT --out {run}/saes/HOOKPOINT`")
+    if "scores" in pieces and hookpoint is not None and hookpoint not in info.concepts:
+        problems.append(f"no concept scores for {hookpoint!r}: `saeuron score --cache {run}/cache.h5 --sae {info.saes[hookpoint]}`")
+    for p in problems:
+        st.error(f"Missing: {p}")
+    return not problems
+
+
+def load_sae_or_error():
+    try:
+        return get_sae(str(info.saes[hookpoint]), hookpoint, _folder_mtime(info.saes[hookpoint]))
+    except (UserError, OSError, ValueError) as err:
+        st.error(f"cannot load the SAE of {hookpoint!r}: {err}")
+        return None
+
+
+def load_scores_or_error():
+    if hookpoint not in info.concepts:
+        return None
+    try:
+        return get_scores(str(info.concepts[hookpoint]), _mtime(info.concepts[hookpoint]))
+    except (UserError, OSError) as err:
+        st.error(f"cannot read concept scores of {hookpoint!r}: {err}")
+        return None
+
+
+def prompt_text(i: int) -> str:
+    return store.prompts[i]["prompt"]
+
+
+# ---------------------------------------------------------------- Features page
+
+
+def features_page() -> None:
+    if not need("cache", "sae"):
+        return
+    if hookpoint not in store.widths:
+        st.error(f"the SAE's hookpoint {hookpoint!r} is not in the cache; it holds {', '.join(store.hookpoints)}")
+        return
+    sae = load_sae_or_error()
+    if sae is None:
+        return
+    if int(sae.cfg.d_in) != int(store.widths[hookpoint]):
+        st.error(f"the SAE in {str(info.saes[hookpoint])!r} has input width {sae.cfg.d_in}, but hookpoint {hookpoint!r} "
+                 f"in the cache has width {store.widths[hookpoint]}; train an SAE on this cache: "
+                 f"`saeuron train --cache {info.cache} --hookpoint {hookpoint} --out {info.saes[hookpoint]}`")
+        return
+    scores = load_scores_or_error()
+    if scores is None:
+        st.info("No concept scores yet: the table has no concept columns.")
+    max_rows = st.sidebar.number_input("Cache rows to sample", 1_000, 2_000_000, 60_000, step=10_000, key="max_rows")
+    try:
+        stats = get_stats(str(info.cache), str(info.saes[hookpoint]), hookpoint, int(max_rows),
+                          _mtime(info.cache) + _folder_mtime(info.saes[hookpoint]))
+        table = feature_table(stats, scores)
+    except UserError as err:
+        st.error(str(err))
+        return
+    st.caption(f"Statistics over {stats.n_rows:,} sampled token rows ({len(stats.groups['step'])} image-steps) "
+               f"of {store.rows[hookpoint]:,}; SAE with {len(table)} features.")
+    c1, c2, c3, c4 = st.columns(4)
+    min_freq = c1.number_input("Min frequency", 0.0, 1.0, 0.0, step=0.01, format="%.4f", key="min_freq")
+    concept_filter = c2.text_input("Top concept contains", "", key="concept_filter")
+    sort_by = c3.selectbox("Sort by", [c for c in table.columns if c != "top_concept"], index=1, key="sort_by")
+    n_show = c4.number_input("Rows shown", 5, 10_000, 50, key="n_show")
+    view = table[table["frequency"] >= min_freq]
+    if concept_filter and "top_concept" in view:
+        view = view[view["top_concept"].str.contains(concept_filter, regex=False)]
+    view = view.sort_values(sort_by, ascending=sort_by == "feature").head(int(n_show))
+    st.dataframe(view, hide_index=True, width="stretch")
+    st.caption(f"{len(view)} features shown")
+
+    default = int(view["feature"].iloc[0]) if len(view) else 0
+    feature = st.number_input("Feature id", 0, len(table) - 1, default, key="feature")
+    feature_detail(int(feature), sae, stats, scores)
+
+
+def feature_detail(feature: int, sae, stats, scores) -> None:
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    row = {"freq": float(stats.freq[feature]), "mean": float(stats.mean_act[feature]), "max": float(stats.max_act[feature])}
+    st.subheader(f"Feature {feature}")
+    st.markdown(f"frequency **{row['freq']:.4f}** · mean activation **{row['mean']:.4f}** · max activation **{row['max']:.4f}**")
+
+    n_top = st.slider("Top images", 1, 16, 6, key="n_top")
+    tops = stats.top_images(feature, n_top)
+    if not tops:
+        st.info(f"Feature {feature} never fires in the sampled rows.")
+    else:
+        try:
+            imgs = generate(model, tuple(prompt_text(t["prompt"]) for t in tops), tuple(t["seed"] for t in tops), cache_steps, cache_cfg)
+        except UserError as err:
+            st.error(f"cannot regenerate the top images: {err}")
+            imgs = None
+        if imgs is not None:
+            vmax = max(t["max_act"] for t in tops)
+            cols = st.columns(min(len(tops), 6))
+            for k, t in enumerate(tops):
+                heat = spatial_map(info.cache, hookpoint, sae, t["start"], t["stop"], feature)
+                col = cols[k % len(cols)]
+                col.image(upscale(overlay(imgs[k], heat, vmax=vmax)))
+                col.caption(f"{prompt_text(t['prompt'])} · seed {t['seed']} · max {t['max_act']:.3f} "
+                            f"at step {t['step']} (t={t['timestep']})")
+    c1, c2 = st.columns(2)
+    vals = stats.values(feature)
+    if len(vals):
+        c1.plotly_chart(px.histogram(x=vals, nbins=40, labels={"x": "activation"}, title="Activation histogram (nonzero)"),
+                        key="hist")
+    steps, ts, means = stats.step_profile(feature)
+    fig = go.Figure(go.Scatter(x=ts, y=means, mode="lines+markers", text=[f"step {s}" for s in steps]))
+    fig.update_layout(title="Mean activation over timesteps", xaxis_title="timestep", yaxis_title="mean activation",
+                      xaxis_autorange="reversed")
+    c2.plotly_chart(fig, key="profile")
+    if scores is not None and scores.mean_acts.shape[2] > feature:
+        c1, c2 = st.columns(2)
+        per_concept = scores.mean_acts[:, :, feature].mean(1)
+        fig = px.bar(x=scores.concepts, y=per_concept, labels={"x": "concept", "y": "mean activation"},
+                     title="Mean activation per concept (over steps)")
+        c1.plotly_chart(fig, key="per_concept")
+        fig = px.imshow(scores.mean_acts[:, :, feature], x=[str(int(t)) for t in scores.timesteps], y=scores.concepts,
+                        aspect="auto", labels={"x": "timestep", "y": "concept", "color": "mean act"},
+                        title="Mean activation per concept and timestep")
+        c2.plotly_chart(fig, key="per_concept_t")
+        top_c = int(np.argmax(scores.scores[:, :, feature].max(1)))
+        st.caption(f"top concept of feature {feature}: {scores.concepts[top_c]} "
+                   f"(best score {float(scores.scores[top_c, :, feature].max()):.4f})")
+
+
+# ---------------------------------------------------------------- Concepts page
+
+
+def concepts_page() -> None:
+    import plotly.express as px
+    import pandas as pd
+
+    if not need("sae", "scores"):
+        return
+    scores = load_scores_or_error()
+    if scores is None:
+        return
+    concept = st.selectbox("Concept", scores.concepts, key="concept")
+    c = scores.index(concept)
+    col1, col2 = st.columns(2)
+    top_n = col1.slider("Features in the heatmap", 5, min(200, scores.scores.shape[2]), min(30, scores.scores.shape[2]), key="heat_n")
+    percentile = col2.number_input("Selection percentile", 0.0, 99.99, 99.0, step=0.1, key="concept_percentile")
+    s_tf = scores.scores[c]
+    top = np.argsort(-s_tf.max(0), kind="stable")[:top_n]
+    steps = scores.steps if scores.steps is not None else np.arange(len(scores.timesteps))
+    fig = px.imshow(s_tf[:, top], x=[str(f) for f in top], y=[f"t={t} (step {s})" for t, s in zip(scores.timesteps, steps)],
+                    color_continuous_scale="RdBu_r", color_continuous_midpoint=0, aspect="auto",
+                    labels={"x": "feature", "y": "timestep", "color": "score"}, title=f"Scores of {concept}: top {top_n} features")
+    st.plotly_chart(fig, key="concept_heat")
+    from saeuron.concepts import select_features
+
+    try:
+        chosen = select_features(s_tf, percentile=float(percentile))
+    except UserError as err:
+        st.error(str(err))
+        return
+    st.dataframe(pd.DataFrame({"step": steps, "timestep": scores.timesteps, "n_selected": [len(x) for x in chosen],
+                               "features": [", ".join(map(str, x[:20])) for x in chosen]}), hide_index=True)
+    st.caption(f"best feature overall: {int(top[0])} (score {float(s_tf.max(0)[top[0]]):.4f}) · "
+               f"images of this concept in the cache: {int(scores.n_images[c])}")
+    if store is None:
+        return
+    kind, _, name = concept.partition(":")
+    examples = [p["prompt"] for p in store.prompts if p.get(kind) == name][:4]
+    if examples and st.checkbox("Show example images", value=True, key="concept_examples"):
+        try:
+            imgs = generate(model, tuple(examples), tuple([0] * len(examples)), cache_steps, cache_cfg)
+        except UserError as err:
+            st.error(str(err))
+            return
+        cols = st.columns(len(examples))
+        for k, (p, im) in enumerate(zip(examples, imgs)):
+            cols[k].image(upscale(im))
+            cols[k].caption(f"{p} · seed 0")
+
+
+# ---------------------------------------------------------------- Ablate page
+
+
+def ablate_page() -> None:
+    if not need("sae"):
+        return
+    sae = load_sae_or_error()
+    if sae is None:
+        return
+    scores = load_scores_or_error()
+    mc = is_minicanvas(model)
+    if mc:
+        from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES, style_prompt
+
+        c1, c2, c3 = st.columns(3)
+        style = c1.selectbox("Style", STYLE_NAMES, key="ab_style")
+        obj = c2.selectbox("Object", OBJECTS, key="ab_object")
+        custom = c3.text_input("or a free prompt", "", key="ab_prompt")
+        prompt = custom.strip() or style_prompt(obj, style)
+    else:
+        prompt = st.text_input("Prompt", store.prompts[0]["prompt"] if store and store.prompts else "", key="ab_prompt").strip()
+    c1, c2, c3 = st.columns(3)
+    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="ab_seed")
+    steps = c2.number_input("Sampler steps", 1, 200, 25, key="ab_steps")
+    cfg = c3.number_input("CFG scale", 0.0, 30.0, cache_cfg, key="ab_cfg")
+    st.caption(f"The concept scores cover {cache_steps} cached steps; other step counts use the cached step of nearest timestep.")
+
+    st.subheader("Ablation (SAeUron)")
+    concepts = st.multiselect("Concepts to ablate", scores.concepts if scores is not None else [], key="ab_concepts")
+    feats_text = st.text_input("and/or feature ids (comma separated)", "", key="ab_features")
+    c1, c2, c3 = st.columns(3)
+    multiplier = c1.number_input("Multiplier (negative)", -100.0, 100.0, -1.0, key="ab_mult")
+    percentile = c2.number_input("Percentile", 0.0, 99.999, 99.0, step=0.1, format="%.3f", key="ab_pct")
+    window = c3.slider("Cached step window [from, to)", 0, cache_steps, (0, cache_steps), key="ab_window")
+    if st.button("Run ablation", key="ab_run"):
+        st.session_state.ab_result = None
+        try:
+            st.session_state.ab_result = run_ablation(sae, scores, prompt, int(seed), int(steps), float(cfg), concepts,
+                                                      feats_text, float(multiplier), float(percentile), tuple(window))
+        except UserError as err:
+            st.error(str(err))
+    show_result(st.session_state.get("ab_result"), "Ablated")
+
+    st.subheader("Steering (turn one feature up)")
+    c1, c2, c3, c4 = st.columns(4)
+    s_feat = c1.number_input("Feature", 0, int(sae.W_dec.shape[0]) - 1, 0, key="st_feature")
+    s_value = c2.number_input("Value", -1000.0, 1000.0, 10.0, key="st_value")
+    s_mode = c3.selectbox("Mode", ["add", "scale"], key="st_mode")
+    s_window = c4.slider("Sampler step window", 0, int(steps), (0, int(steps)), key="st_window")
+    if st.button("Run steering", key="st_run"):
+        st.session_state.st_result = None
+        try:
+            st.session_state.st_result = run_steering(sae, prompt, int(seed), int(steps), float(cfg), int(s_feat),
+                                                      float(s_value), s_mode, tuple(s_window))
+        except UserError as err:
+            st.error(str(err))
+    show_result(st.session_state.get("st_result"), "Steered")
+
+
+def _sampler(steps: int, cfg: float):
+    from saeuron.pipelines import SamplerConfig
+
+    return SamplerConfig(steps=steps, cfg=cfg, batch_size=2)
+
+
+def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, multiplier, percentile, window) -> dict:
+    from saeuron.ablate import AblationPlan, plan_ablation
+    from saeuron.pipelines import to_uint8
+
+    if not prompt:
+        raise UserError("the prompt is empty; pick a style and object or type a prompt")
+    features = parse_feature_ids(feats_text)
+    if not concepts and not features:
+        raise UserError("pick at least one concept or feature id to ablate")
+    if scores is None:
+        raise UserError(f"ablation needs concept scores: `saeuron score --cache {info.run}/cache.h5 --sae {info.saes[hookpoint]}`")
+    if multiplier >= 0:
+        raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
+    if window[0] >= window[1]:
+        raise UserError(f"the step window {window} is empty; give from < to")
+    plan = AblationPlan()
+    if concepts:
+        plan = plan_ablation(scores, list(concepts), multiplier, percentile=percentile, step_window=window)
+    if features:
+        plan = merge_plans(plan, manual_plan(scores, features, multiplier, window))
+    pipe = get_pipeline(model)
+    original = generate(model, (prompt,), (seed,), steps, cfg)
+    edited = to_uint8(sample_ablated(pipe, sae, hookpoint, scores, plan, [prompt], [seed], _sampler(steps, cfg)))
+    what = ", ".join(list(concepts) + [f"feature {f}" for f in features])
+    return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
+            "note": f"ablated {what} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps · multiplier {multiplier}"}
+
+
+def run_steering(sae, prompt, seed, steps, cfg, feature, value, mode, window) -> dict:
+    from saeuron.pipelines import to_uint8
+
+    if not prompt:
+        raise UserError("the prompt is empty; pick a style and object or type a prompt")
+    if window[0] >= window[1]:
+        raise UserError(f"the step window {window} is empty; give from < to")
+    pipe = get_pipeline(model)
+    original = generate(model, (prompt,), (seed,), steps, cfg)
+    edited = to_uint8(sample_steered(pipe, sae, hookpoint, feature, value, mode, [prompt], [seed], _sampler(steps, cfg), window))
+    return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
+            "note": f"steered feature {feature} · {mode} {value} · steps {window[0]}..{window[1] - 1}"}
+
+
+def show_result(res: dict | None, title: str) -> None:
+    if not res:
+        return
+    st.caption(res["note"])
+    c1, c2 = st.columns(2)
+    caps = ["Original", title]
+    labels = None
+    if is_minicanvas(model):
+        try:
+            labels = labels_of(np.stack([res["original"], res["edited"]]))
+        except UserError as err:
+            st.warning(f"no classifier labels: {err}")
+    for col, key, cap, k in zip((c1, c2), ("original", "edited"), caps, range(2)):
+        text = f"{cap}: {res['prompt']} · seed {res['seed']}"
+        if labels:
+            lab = labels[k]
+            text += f" → classifier: {lab.style} ({lab.style_prob:.2f}), {lab.object} ({lab.object_prob:.2f})"
+        col.image(upscale(res[key], 256))
+        col.markdown(text)
+
+
+# ---------------------------------------------------------------- Run page
+
+
+def run_page() -> None:
+    st.markdown(f"**Run directory:** `{info.run}`")
+    st.markdown(f"**Cache:** `{info.cache}`" if info.cache else "**Cache:** missing")
+    if store is not None:
+        st.markdown(f"model `{model}` · {len(store.prompts)} prompts · seeds {store.config.get('seeds')} · "
+                    f"{cache_steps} steps · complete: {store.complete}")
+        st.dataframe([{"hookpoint": h, "width": w, "rows": store.rows[h]} for h, w in store.widths.items()], hide_index=True)
+    for hp, folder in info.saes.items():
+        st.markdown(f"**SAE** `{hp}` in `{folder}` · concept scores: {'yes' if hp in info.concepts else 'missing'}")
+        metrics = folder / "metrics.json"
+        if metrics.exists():
+            try:
+                st.json(json.loads(metrics.read_text()), expanded=False)
+            except json.JSONDecodeError as err:
+                st.error(f"{metrics} is not valid JSON: {err}")
+    if info.eval_results:
+        try:
+            st.subheader("Evaluation")
+            st.json(json.loads(info.eval_results.read_text()), expanded=False)
+        except json.JSONDecodeError as err:
+            st.error(f"{info.eval_results} is not valid JSON: {err}")
+    if info.report:
+        for png in sorted(info.report.glob("*.png"))[:6]:
+            st.image(str(png), caption=png.name)
+
+
+try:
+    {"Features": features_page, "Concepts": concepts_page, "Ablate": ablate_page, "Run": run_page}[page]()
+except UserError as err:
+    st.error(str(err))
+except Exception as err:  # a browser must not show a traceback for a bad value
+    st.error(f"{type(err).__name__}: {err}")

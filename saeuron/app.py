@@ -1,0 +1,377 @@
+"""The `saeuron app` command and the data helpers of the Streamlit explorer (apps/explorer.py).
+
+Nothing here imports streamlit: the app wraps these functions in st.cache_resource / st.cache_data,
+and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+DEFAULT_RUN = "activations/demo"
+APP_FILE = Path(__file__).resolve().parent.parent / "apps" / "explorer.py"
+
+
+# ---------------------------------------------------------------- what a run directory holds
+
+
+@dataclass
+class RunInfo:
+    """The pieces found in a run directory, and what is missing with the command that makes it."""
+
+    run: Path
+    cache: Path | None = None
+    saes: dict[str, Path] = field(default_factory=dict)  # hookpoint -> SAE folder
+    concepts: dict[str, Path] = field(default_factory=dict)  # hookpoint -> concepts.h5
+    eval_results: Path | None = None
+    report: Path | None = None
+    missing: list[str] = field(default_factory=list)  # one message per missing piece, naming the command
+
+
+def _cache_path(run: Path) -> Path | None:
+    for cand in (run / "cache.h5", run / "cache"):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _sae_hookpoint(folder: Path) -> str:
+    cfg = folder / "train_config.json"
+    if cfg.exists():
+        try:
+            hp = json.loads(cfg.read_text()).get("hookpoint")
+            if hp:
+                return str(hp)
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return folder.name
+
+
+def inspect_run(run: str | Path) -> RunInfo:
+    """Which pieces of a run directory exist; `missing` names each absent one and the command that makes it."""
+    run = Path(run)
+    info = RunInfo(run=run)
+    if not run.is_dir():
+        info.missing.append(f"run directory {str(run)!r} does not exist; make one with `saeuron demo --out {run}`")
+        return info
+    info.cache = _cache_path(run)
+    if info.cache is None:
+        info.missing.append(f"no activation cache ({run}/cache.h5); make it with "
+                            f"`saeuron cache --minicanvas --hookpoints HOOKPOINT --seeds 0-3 --out {run}/cache.h5`")
+    saes_dir = run / "saes"
+    if saes_dir.is_dir():
+        for folder in sorted(p for p in saes_dir.iterdir() if p.is_dir()):
+            if any((folder / n).exists() for n in ("cfg.json", "sae_weights.safetensors", "train_config.json")):
+                hp = _sae_hookpoint(folder)
+                info.saes[hp] = folder
+                if (folder / "concepts.h5").exists():
+                    info.concepts[hp] = folder / "concepts.h5"
+                else:
+                    info.missing.append(f"no concept scores for the SAE of {hp!r} ({folder}/concepts.h5); make them with "
+                                        f"`saeuron score --cache {info.cache or run / 'cache.h5'} --sae {folder}`")
+    if not info.saes:
+        info.missing.append(f"no SAE in {run}/saes/; train one with `saeuron train --cache {info.cache or run / 'cache.h5'} "
+                            f"--hookpoint HOOKPOINT --out {run}/saes/HOOKPOINT`")
+    if (run / "eval" / "results.json").exists():
+        info.eval_results = run / "eval" / "results.json"
+    if (run / "report").is_dir():
+        info.report = run / "report"
+    return info
+
+
+# ---------------------------------------------------------------- feature statistics from cache rows
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature statistics over a bounded sample of cache rows, grouped by image-step."""
+
+    n_rows: int  # token rows sampled
+    freq: np.ndarray  # (F,) fraction of sampled rows where the feature fires
+    mean_act: np.ndarray  # (F,) mean activation over sampled rows
+    max_act: np.ndarray  # (F,)
+    groups: dict[str, np.ndarray]  # per image-step group: prompt, seed, step, timestep, start, stop (row range)
+    group_max: np.ndarray  # (G, F) max over positions
+    group_mean: np.ndarray  # (G, F) mean over positions
+    nz_feature: np.ndarray  # sampled nonzero activations, sorted by feature
+    nz_value: np.ndarray
+    nz_offsets: np.ndarray  # (F+1,) feature f's values are nz_value[off[f]:off[f+1]]
+
+    def values(self, feature: int) -> np.ndarray:
+        """The sampled nonzero activations of one feature."""
+        return self.nz_value[self.nz_offsets[feature]:self.nz_offsets[feature + 1]]
+
+    def top_images(self, feature: int, n: int = 8) -> list[dict]:
+        """The (prompt, seed) pairs where the feature peaks, each with the step and row range of its peak."""
+        g = self.groups
+        col = self.group_max[:, feature]
+        best: dict[tuple[int, int], int] = {}
+        for i in np.argsort(-col, kind="stable"):
+            if col[i] <= 0:
+                break
+            key = (int(g["prompt"][i]), int(g["seed"][i]))
+            if key not in best:
+                best[key] = int(i)
+                if len(best) >= n:
+                    break
+        return [{"prompt": k[0], "seed": k[1], "step": int(g["step"][i]), "timestep": int(g["timestep"][i]),
+                 "start": int(g["start"][i]), "stop": int(g["stop"][i]), "max_act": float(col[i])} for k, i in best.items()]
+
+    def step_profile(self, feature: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per cached step: step indices, timesteps and the feature's mean activation over sampled images."""
+        steps = np.unique(self.groups["step"])
+        ts = np.array([int(self.groups["timestep"][self.groups["step"] == s][0]) for s in steps])
+        means = np.array([float(self.group_mean[self.groups["step"] == s, feature].mean()) for s in steps])
+        return steps, ts, means
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop of each run of identical consecutive rows in keys (N, k)."""
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.nonzero((keys[1:] != keys[:-1]).any(1))[0] + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(keys)]])
+    return starts.astype(np.int64), stops.astype(np.int64)
+
+
+@torch.no_grad()
+def feature_stats(cache: str | Path, hookpoint: str, sae, max_rows: int = 60_000, seed: int = 0, block_rows: int = 16_384) -> FeatureStats:
+    """Encode a bounded sample of whole image-steps of the cache with the SAE and summarise each feature."""
+    from .cache import read_rows, row_provenance
+
+    prov = row_provenance(cache, hookpoint)
+    if len(prov["prompt"]) == 0:
+        raise UserError(f"the cache {str(cache)!r} holds no rows for {hookpoint!r}")
+    keys = np.stack([prov["prompt"], prov["seed"], prov["step"], prov["branch"]], 1)
+    starts, stops = _runs(keys)
+    sizes = stops - starts
+    order = np.random.default_rng(seed).permutation(len(starts))
+    chosen = np.sort(order[: max(1, int(np.searchsorted(np.cumsum(sizes[order]), max_rows, side="right")))])
+    d_sae = int(sae.W_dec.shape[0])
+    n_rows = 0
+    fires = torch.zeros(d_sae, dtype=torch.float64)
+    sums = torch.zeros(d_sae, dtype=torch.float64)
+    maxes = torch.zeros(d_sae)
+    gmax = np.zeros((len(chosen), d_sae), np.float32)
+    gmean = np.zeros((len(chosen), d_sae), np.float32)
+    nz_f, nz_v = [], []
+    # read contiguous spans of chosen groups in blocks
+    i = 0
+    while i < len(chosen):
+        j = i
+        while j + 1 < len(chosen) and chosen[j + 1] == chosen[j] + 1 and stops[chosen[j + 1]] - starts[chosen[i]] <= block_rows:
+            j += 1
+        lo, hi = int(starts[chosen[i]]), int(stops[chosen[j]])
+        x = read_rows(cache, hookpoint, lo, hi).to(sae.W_dec.dtype)
+        lat = sae.encode(x).float().clamp_min(0)
+        n_rows += len(lat)
+        fires += (lat > 0).sum(0).double()
+        sums += lat.sum(0).double()
+        maxes = torch.maximum(maxes, lat.max(0).values)
+        for g in range(i, j + 1):
+            a, b = int(starts[chosen[g]]) - lo, int(stops[chosen[g]]) - lo
+            gmax[g] = lat[a:b].max(0).values.numpy()
+            gmean[g] = lat[a:b].mean(0).numpy()
+        r, c = torch.nonzero(lat, as_tuple=True)
+        nz_f.append(c.numpy().astype(np.int32))
+        nz_v.append(lat[r, c].numpy())
+        i = j + 1
+    nz_feature = np.concatenate(nz_f)
+    nz_value = np.concatenate(nz_v)
+    if len(nz_value) > 5_000_000:  # keep the histogram data bounded
+        keep = np.random.default_rng(seed).choice(len(nz_value), 5_000_000, replace=False)
+        nz_feature, nz_value = nz_feature[keep], nz_value[keep]
+    srt = np.argsort(nz_feature, kind="stable")
+    nz_feature, nz_value = nz_feature[srt], nz_value[srt]
+    offsets = np.searchsorted(nz_feature, np.arange(d_sae + 1))
+    groups = {k: prov[k][starts[chosen]] for k in ("prompt", "seed", "step", "timestep")}
+    groups["start"], groups["stop"] = starts[chosen], stops[chosen]
+    return FeatureStats(n_rows, (fires / max(n_rows, 1)).numpy(), (sums / max(n_rows, 1)).numpy(), maxes.numpy(),
+                        groups, gmax, gmean, nz_feature, nz_value, offsets)
+
+
+@torch.no_grad()
+def spatial_map(cache: str | Path, hookpoint: str, sae, start: int, stop: int, feature: int) -> np.ndarray:
+    """The feature's activation at each cached position of one image-step, as a square map (side x side)."""
+    from .cache import read_rows, row_provenance
+
+    lat = sae.encode(read_rows(cache, hookpoint, start, stop).to(sae.W_dec.dtype))[:, feature].float().clamp_min(0).numpy()
+    pos = row_provenance(cache, hookpoint, slice(start, stop))["position"]
+    n = int(pos.max()) + 1 if len(pos) else 1
+    side = int(np.ceil(np.sqrt(n)))
+    out = np.zeros(side * side, np.float32)
+    out[pos] = lat
+    return out.reshape(side, side)
+
+
+def overlay(image_hw3: np.ndarray, heat: np.ndarray, alpha: float = 0.55, vmax: float | None = None) -> np.ndarray:
+    """Blend a heat map (any square size, nearest-upsampled) over a uint8 image with a black-red-yellow ramp."""
+    h, w = image_hw3.shape[:2]
+    ys = (np.arange(h) * heat.shape[0] // h).clip(0, heat.shape[0] - 1)
+    xs = (np.arange(w) * heat.shape[1] // w).clip(0, heat.shape[1] - 1)
+    v = heat[ys][:, xs]
+    top = vmax if vmax else float(v.max())
+    v = np.clip(v / top, 0, 1) if top > 0 else np.zeros_like(v)
+    ramp = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1) * 255
+    a = (alpha * v)[..., None]
+    return (image_hw3 * (1 - a) + ramp * a).round().astype(np.uint8)
+
+
+def upscale(image_hw3: np.ndarray, size: int = 160) -> np.ndarray:
+    """Nearest-neighbour upscale of a small image so pixels stay crisp on screen."""
+    f = max(1, size // image_hw3.shape[0])
+    return image_hw3.repeat(f, 0).repeat(f, 1)
+
+
+def feature_table(stats: FeatureStats, scores=None) -> "pandas.DataFrame":  # noqa: F821
+    """One row per feature: frequency, mean and max activation, top concept and its best score over steps."""
+    import pandas as pd
+
+    df = pd.DataFrame({"feature": np.arange(len(stats.freq)), "frequency": stats.freq, "mean_act": stats.mean_act,
+                       "max_act": stats.max_act})
+    if scores is not None and scores.scores.shape[2] == len(stats.freq):
+        best_t = scores.scores.max(1)  # (C, F)
+        top = best_t.argmax(0)
+        df["top_concept"] = [scores.concepts[i] for i in top]
+        df["top_score"] = best_t[top, np.arange(best_t.shape[1])]
+    return df
+
+
+# ---------------------------------------------------------------- interventions for the Ablate page
+
+
+def nearest_step(scores, timestep: int | None, step: int | None) -> int | None:
+    """The cached step whose timestep is nearest `timestep` (the sampler may use another step count)."""
+    steps = scores.steps if scores.steps is not None else np.arange(len(scores.timesteps))
+    if timestep is None:
+        return step
+    return int(steps[int(np.argmin(np.abs(np.asarray(scores.timesteps) - timestep)))])
+
+
+def manual_plan(scores, features: list[int], multiplier: float, step_window: tuple[int, int] | None = None):
+    """An AblationPlan for hand-picked features: SAeUron's rule with mu = the strongest concept's mean per step."""
+    from .ablate import AblationPlan, StepAblation
+
+    n_feat = scores.scores.shape[2]
+    for f in features:
+        if not 0 <= f < n_feat:
+            raise UserError(f"feature {f} out of range; the SAE has {n_feat} features (0..{n_feat - 1})")
+    steps = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
+    lo, hi = step_window or (0, int(steps.max()) + 1)
+    out = {}
+    ids = sorted(set(features))
+    for t, step in enumerate(steps.tolist()):
+        if not ids or not lo <= step < hi:
+            continue
+        mu = scores.mean_acts[:, t, ids]
+        out[step] = StepAblation(torch.tensor(ids, dtype=torch.long),
+                                 torch.tensor(multiplier * mu.max(0), dtype=torch.float32),
+                                 torch.tensor(mu.mean(0), dtype=torch.float32))
+    return AblationPlan(out)
+
+
+def merge_plans(a, b):
+    """Union of two plans step by step (b's entry wins for a feature in both)."""
+    from .ablate import AblationPlan, StepAblation
+
+    out = dict(a.steps)
+    for step, sb in b.steps.items():
+        if step not in out:
+            out[step] = sb
+            continue
+        sa = out[step]
+        table = {int(f): (float(s), float(t)) for f, s, t in zip(sa.features, sa.scale, sa.threshold)}
+        table.update({int(f): (float(s), float(t)) for f, s, t in zip(sb.features, sb.scale, sb.threshold)})
+        ids = sorted(table)
+        out[step] = StepAblation(torch.tensor(ids, dtype=torch.long), torch.tensor([table[i][0] for i in ids]),
+                                 torch.tensor([table[i][1] for i in ids]))
+    return AblationPlan(out)
+
+
+@torch.no_grad()
+def sample_ablated(pipe, sae, hookpoint: str, scores, plan, prompts, seeds, config) -> torch.Tensor:
+    """Generate with the plan applied, mapping each sampler step to the cached step of nearest timestep."""
+    from .ablate import ablate_acts
+    from .hooks import intervene
+    from .pipelines import sample
+
+    def fn(acts, step, t):
+        return ablate_acts(sae, acts, plan.steps.get(nearest_step(scores, t, step)))
+
+    with intervene(pipe, hookpoint, fn) as hook:
+        return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
+
+
+@torch.no_grad()
+def sample_steered(pipe, sae, hookpoint: str, feature: int, value: float, mode: str, prompts, seeds, config,
+                   step_window: tuple[int, int] | None = None) -> torch.Tensor:
+    """Generate with one feature turned up (or down) at the sampler steps inside the window."""
+    from .ablate import steer_acts
+    from .hooks import intervene
+    from .pipelines import sample
+
+    steer_acts(sae, torch.zeros(1, 1, sae.W_dec.shape[1]), feature, value, mode)  # validates feature and mode
+    lo, hi = step_window or (0, config.steps)
+
+    def fn(acts, step, _t):
+        if step is None or lo <= step < hi:
+            return steer_acts(sae, acts, feature, value, mode)
+        return acts
+
+    with intervene(pipe, hookpoint, fn) as hook:
+        return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
+
+
+def parse_feature_ids(text: str) -> list[int]:
+    """'12, 40 7' -> [12, 40, 7]; a clear error for anything that is not an integer."""
+    out = []
+    for tok in text.replace(",", " ").split():
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise UserError(f"feature id {tok!r} is not an integer; give ids like 12, 40") from None
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_dir_from_argv(argv: list[str] | None = None) -> str:
+    """The run directory the app opens: first argument after `--`, else $SAEURON_RUN, else activations/demo."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = [a for a in argv if not a.startswith("-")]
+    return args[0] if args else os.environ.get("SAEURON_RUN", DEFAULT_RUN)
+
+
+def _cmd_app(args) -> int:
+    if not APP_FILE.exists():
+        raise UserError(f"the app file {str(APP_FILE)!r} is missing (is saeuron installed from a checkout?)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.port", str(args.port)]
+    if args.headless:
+        cmd += ["--server.headless", "true"]
+    cmd += ["--", str(Path(args.run_dir).resolve())]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
+
+
+def register_cli(sub) -> None:
+    """Add `saeuron app [RUN_DIR]`."""
+    p = sub.add_parser("app", help="open the Streamlit explorer (features, concepts, ablation) on a run directory")
+    p.add_argument("run_dir", nargs="?", default=os.environ.get("SAEURON_RUN", DEFAULT_RUN),
+                   help=f"run directory (default $SAEURON_RUN or {DEFAULT_RUN})")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_app)

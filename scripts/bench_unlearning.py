@@ -1,0 +1,73 @@
+"""SAeUron unlearning on minicanvas over every style and every object (UnlearnCanvas metrics).
+
+    python scripts/bench_unlearning.py [--run activations/bench] [--eval-seeds 0-1] [--tune-seeds 100]
+
+Builds (or reuses) a run directory like `saeuron demo` with more cache seeds, tunes each
+target's (percentile, multiplier) on the tuning seeds, evaluates every style (on the style
+hookpoint) and every object (on the object hookpoint), three styles together, and the
+ablated / plain generation time ratio. Targets: styles UA >= 95, IRA >= 90, CRA >= 90;
+objects UA >= 90, IRA >= 85, CRA >= 90; three styles together UA >= 90, IRA >= 85; time <= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from saeuron.ablate import plan_ablation, sample_with_ablation  # noqa: E402
+from saeuron.concepts import ConceptScores  # noqa: E402
+from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, run_demo  # noqa: E402
+from saeuron.evaluate import markdown_report, parse_target_spec, run_evaluation  # noqa: E402
+from saeuron.generate import parse_seeds  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, sample  # noqa: E402
+from saeuron.sae import load_sae  # noqa: E402
+
+
+def time_ratio(pipe, run: Path, sampler: SamplerConfig) -> float:
+    """Ablated generation time / plain generation time for the same 50 prompts, measured back to back."""
+    sae_dir = run / "saes" / STYLE_HOOKPOINT
+    sae = load_sae(sae_dir, hookpoint=STYLE_HOOKPOINT).eval()
+    plan = plan_ablation(ConceptScores.load(sae_dir / "concepts.h5"), ["style:neon"], -1.0, percentile=99.7)
+    prompts, seeds = ["a star in neon style"] * 50, list(range(50))
+    t0 = time.perf_counter()
+    sample(pipe, prompts, seeds, sampler)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sample_with_ablation(pipe, sae, STYLE_HOOKPOINT, plan, prompts, seeds, sampler)
+    return (time.perf_counter() - t0) / plain
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=Path("activations/bench"))
+    p.add_argument("--cache-seeds", default="0-1")
+    p.add_argument("--eval-seeds", default="0-1")
+    p.add_argument("--tune-seeds", default="100")
+    args = p.parse_args()
+    sampler = SamplerConfig()
+    pipe = load_pipeline()
+    run_demo(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))))
+    eval_seeds, tune_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds)
+    summary = {}
+    for name, hookpoint, targets, together in (
+        ("styles", STYLE_HOOKPOINT, parse_target_spec("all-styles"), False),
+        ("objects", OBJECT_HOOKPOINT, parse_target_spec("all-objects"), False),
+        ("three styles together", STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
+    ):
+        res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune_seeds, sampler, together,
+                             args.run / "eval" / f"bench_{name.replace(' ', '_')}.json", args.run / "report" / name.replace(" ", "_"), pipe=pipe)
+        print(f"## {name}\n\n{markdown_report(res)}")
+        summary[name] = res["mean"]
+    summary["ablated/plain generation time"] = round(time_ratio(pipe, args.run, sampler), 3)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()
