@@ -1,0 +1,627 @@
+"""SAE training through sae-lens' `SAETrainer`, streaming (batch, width) rows from the activation store.
+
+The output folder holds the SAE in sae-lens format (`cfg.json`, `sae_weights.safetensors`;
+`sae_lens.SAE.load_from_disk(out)` opens it), `train_config.json` and `metrics.json`.
+While training, `out/checkpoints/<tokens>/` holds the latest sae-lens checkpoint (weights,
+optimizer, scheduler and activation scaler) that `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+ARCHS = ("batchtopk", "topk", "jumprelu", "standard")
+CHECKPOINT_DIR = "checkpoints"
+RUN_STATE_FILE = "saeuron_state.json"  # beside each sae-lens checkpoint: wall time and data seed
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+# SAeUron: a latent is dead after 10M tokens without firing (AuxK revives it)
+DEAD_AFTER_TOKENS = 10_000_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines one SAE training run; written to `out/train_config.json`."""
+
+    out: str
+    hookpoint: str
+    cache: str | None = None
+    arch: str = "batchtopk"
+    k: int | None = None  # None: default_k(width)
+    expansion: int = 16
+    lr: float = 4e-4
+    batch_size: int = 4096
+    tokens: int | None = None  # None: one pass over the training rows
+    timesteps: tuple[int, ...] | None = None
+    aux_loss_coefficient: float = 1 / 32  # AuxK weight (SAeUron)
+    sparsity_coefficient: float = 1.0  # l1 (standard) or l0 (jumprelu) weight
+    val_fraction: float = 0.1  # fraction of prompts held out for validation
+    val_tokens: int = 16384  # at most this many validation rows are scored
+    n_checkpoints: int = 10
+    warmup_steps: int | None = None  # None: min(1000, 5% of the steps)
+    seed: int = 0
+    buffer_rows: int = 262_144  # shuffle buffer of the store reader
+    d_in: int | None = None  # filled in from the data
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        """Inverse of to_json (unknown keys are ignored)."""
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        if data.get("timesteps") is not None:
+            data["timesteps"] = tuple(data["timesteps"])
+        return cls(**data)
+
+
+def default_k(width: int) -> int:
+    """SAeUron's k=32 at width 1280, scaled to the width: width/40, at least 4, at most width/8."""
+    return int(min(max(4, round(width / 40)), max(1, width // 8)))
+
+
+# ---------------------------------------------------------------- data
+
+
+def validation_prompt_mask(prompt_ids: np.ndarray, val_fraction: float) -> np.ndarray:
+    """True for prompts held out for validation, decided by a hash of the prompt index alone.
+
+    The hash (Knuth's multiplicative, mod 2**32) spreads consecutive indices evenly, so the
+    split is stable whatever else the store holds; with two or more prompts at least one is
+    on each side.
+    """
+    ids = np.asarray(prompt_ids, dtype=np.int64)
+    unique = np.unique(ids)
+    u = ((unique.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)).astype(np.float64) / 2**32
+    val_unique = u < val_fraction
+    if len(unique) >= 2 and val_fraction > 0:
+        if not val_unique.any():
+            val_unique[np.argmin(u)] = True
+        if val_unique.all():
+            val_unique[np.argmax(u)] = False
+    return np.isin(ids, unique[val_unique])
+
+
+def tensor_batches(acts: torch.Tensor, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Endless shuffled (batch_size, width) float32 batches from an in-memory (rows, width) tensor."""
+    if acts.ndim != 2 or len(acts) == 0:
+        raise UserError(f"activations must be a non-empty (rows, width) tensor, got shape {tuple(acts.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    carry = torch.zeros(0, dtype=torch.long)
+    while True:
+        # index lazily, one batch at a time, so no shuffled copy of the data is made
+        order = torch.cat([carry, torch.randperm(len(acts), generator=gen)])
+        n_full = len(order) // batch_size
+        for i in range(n_full):
+            yield acts[order[i * batch_size:(i + 1) * batch_size]].float()
+        carry = order[n_full * batch_size:]
+
+
+@dataclass
+class _Segment:
+    """The committed rows of one hookpoint in one store file (a sharded store has several)."""
+
+    acts: Any  # (rows, width) float16 h5py dataset
+    prompt: Any  # (rows,) int dataset
+    timestep: Any | None  # (rows,) dataset or None
+    n: int  # committed rows (a store being written may hold more)
+
+
+@dataclass
+class _StoreView:
+    """One hookpoint of an activation store, as segments of rows with their provenance."""
+
+    files: list  # open h5py.File objects
+    segments: list[_Segment]
+    width: int
+
+    @property
+    def n_rows(self) -> int:
+        return sum(s.n for s in self.segments)
+
+    def blocks(self, rows: int) -> list[tuple[int, int, int]]:
+        """(segment, start, stop) spans of at most `rows` rows covering every committed row."""
+        return [(i, a, min(a + rows, s.n)) for i, s in enumerate(self.segments) for a in range(0, s.n, rows)]
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def _list_hookpoints(f) -> list[str]:
+    found: list[str] = []
+    if "acts" in f:
+        f["acts"].visititems(lambda name, obj: found.append(name) if hasattr(obj, "shape") else None)
+    return sorted(found)
+
+
+def _provenance(f, hookpoint: str, names: tuple[str, ...], n_rows: int):
+    """A per-row provenance array of a hookpoint, under any of `names`, in `rows/<hookpoint>/` or at the root."""
+    for name in names:
+        for key in (f"rows/{hookpoint}/{name}", name):
+            if key in f and getattr(f[key], "shape", None) is not None and f[key].shape[0] >= n_rows:
+                return f[key]
+    return None
+
+
+def _is_saeuron_store(path: Path) -> bool:
+    import h5py
+
+    if path.is_dir():
+        return True  # a sharded store folder; cache.open_store checks its manifest
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return False
+    from .cache import FORMAT
+
+    return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
+
+
+def open_hookpoint(path: str | Path, hookpoint: str) -> _StoreView:
+    """Open the rows of one hookpoint of an activation store (the one place that knows its layout).
+
+    A `saeuron cache` store (file or sharded folder) is opened through `saeuron.cache`: committed
+    rows of `acts/<hookpoint>` with the per-row `rows/<hookpoint>/prompt` and `timestep`. Any
+    other HDF5 file with `acts/<hookpoint>` and a per-row `prompt_index` (or `prompt`) array is
+    read as is. Training needs the prompt of each row, to hold out whole images for validation,
+    which `cache.iter_batches` does not filter on yet.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"activation cache {str(path)!r} not found")
+    if _is_saeuron_store(p):
+        from . import cache
+
+        info = cache.open_store(p)
+        if hookpoint not in info.widths:
+            raise UserError(f"hookpoint {hookpoint!r} is not in {str(path)!r}; it holds: {', '.join(info.hookpoints)}")
+        files, segments = [], []
+        try:
+            for shard in info.shards:
+                f = cache._open_read(Path(shard))
+                files.append(f)
+                n = cache._committed(f)[1][hookpoint]
+                g = f["rows"][hookpoint]
+                segments.append(_Segment(f["acts"][hookpoint], g["prompt"], g["timestep"], n))
+        except Exception:
+            for f in files:
+                f.close()
+            raise
+        view = _StoreView(files, segments, info.widths[hookpoint])
+    else:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as err:
+            raise UserError(f"{str(path)!r} is not a readable HDF5 activation cache ({err})") from None
+        key = f"acts/{hookpoint}"
+        if key not in f or not hasattr(f[key], "shape"):
+            available = _list_hookpoints(f)
+            f.close()
+            raise UserError(f"hookpoint {hookpoint!r} is not in {str(path)!r}; it holds: {', '.join(available) or 'no activations'}")
+        acts = f[key]
+        if acts.ndim != 2:
+            f.close()
+            raise UserError(f"{key} in {str(path)!r} has shape {acts.shape}; expected (rows, width)")
+        prompt = _provenance(f, hookpoint, ("prompt_index", "prompt"), acts.shape[0])
+        if prompt is None:
+            f.close()
+            raise UserError(f"{str(path)!r} has no per-row prompt index for {hookpoint!r}; it is needed to hold out validation images")
+        view = _StoreView([f], [_Segment(acts, prompt, _provenance(f, hookpoint, ("timestep",), acts.shape[0]), acts.shape[0])], acts.shape[1])
+    if view.n_rows == 0:
+        view.close()
+        raise UserError(f"{str(path)!r} holds no rows of {hookpoint!r} yet")
+    return view
+
+
+def _block_rows(view: _StoreView) -> int:
+    chunks = view.segments[0].acts.chunks
+    return max(4096, chunks[0] if chunks else 0)
+
+
+def _row_mask(seg: _Segment, start: int, stop: int, prompt_ids: np.ndarray | None, timesteps: Sequence[int] | None) -> np.ndarray:
+    mask = np.ones(stop - start, dtype=bool)
+    if prompt_ids is not None:
+        mask &= np.isin(seg.prompt[start:stop], prompt_ids)
+    if timesteps is not None:
+        if seg.timestep is None:
+            raise UserError("--timesteps given, but the store has no per-row timestep")
+        mask &= np.isin(seg.timestep[start:stop], np.asarray(timesteps))
+    return mask
+
+
+def unique_prompts(view: _StoreView) -> np.ndarray:
+    """The distinct prompt indices of the hookpoint's rows, read block by block."""
+    found: set[int] = set()
+    for i, a, b in view.blocks(_block_rows(view) * 64):
+        found.update(np.unique(view.segments[i].prompt[a:b]).tolist())
+    return np.array(sorted(found), dtype=np.int64)
+
+
+def count_rows(view: _StoreView, prompt_ids: np.ndarray | None = None, timesteps: Sequence[int] | None = None) -> int:
+    """Rows of the hookpoint that belong to `prompt_ids` and `timesteps` (reads provenance only)."""
+    return int(sum(_row_mask(view.segments[i], a, b, prompt_ids, timesteps).sum() for i, a, b in view.blocks(_block_rows(view) * 64)))
+
+
+def store_batches(
+    view: _StoreView,
+    batch_size: int,
+    *,
+    prompt_ids: np.ndarray | None = None,
+    timesteps: Sequence[int] | None = None,
+    seed: int = 0,
+    buffer_rows: int = 262_144,
+    epochs: int | None = None,
+    drop_last: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Shuffled float32 (batch_size, width) batches streamed from the store with bounded memory.
+
+    Contiguous blocks are read in random order into a buffer of about `buffer_rows` rows,
+    which is shuffled and cut into batches. `epochs=None` repeats forever.
+    """
+    blocks = view.blocks(_block_rows(view))
+    rng = np.random.default_rng(seed)
+    epoch, carry = 0, np.zeros((0, view.width), dtype=np.float32)
+    while epochs is None or epoch < epochs:
+        buffer, buffered, selected = [carry], len(carry), 0
+        for j in rng.permutation(len(blocks)):
+            i, start, stop = blocks[j]
+            seg = view.segments[i]
+            mask = _row_mask(seg, start, stop, prompt_ids, timesteps)
+            if not mask.any():
+                continue
+            rows = seg.acts[start:stop][mask].astype(np.float32)
+            buffer.append(rows)
+            buffered += len(rows)
+            selected += len(rows)
+            if buffered >= buffer_rows:
+                rows = np.concatenate(buffer)[rng.permutation(buffered)]
+                n_full = len(rows) // batch_size
+                for k in range(n_full):
+                    yield torch.from_numpy(rows[k * batch_size:(k + 1) * batch_size])
+                buffer, buffered = [rows[n_full * batch_size:]], len(rows) - n_full * batch_size
+        if selected == 0:
+            raise UserError("no rows of the store match the selection (check --timesteps)")
+        rows = np.concatenate(buffer)[rng.permutation(buffered)]
+        n_full = len(rows) // batch_size
+        for k in range(n_full):
+            yield torch.from_numpy(rows[k * batch_size:(k + 1) * batch_size])
+        carry = rows[n_full * batch_size:]  # short epochs carry over, so every batch is full
+        epoch += 1
+    if not drop_last and len(carry):
+        yield torch.from_numpy(carry)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_sae(sae, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+    """Reconstruction and sparsity of `sae` on held-out rows: FVU, explained variance, L0, dead fraction."""
+    acts = acts.float()
+    mean = acts.mean(0)
+    err = total = l0 = 0.0
+    fired = None
+    for i in range(0, len(acts), batch_size):
+        x = acts[i:i + batch_size].to(sae.W_dec.device, sae.W_dec.dtype)
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        err += (x_hat.float() - x.float()).pow(2).sum().item()
+        total += (x.float() - mean.to(x.device)).pow(2).sum().item()
+        active = z != 0
+        l0 += active.sum().item()
+        f = active.any(0)
+        fired = f if fired is None else fired | f
+    fvu = err / max(total, 1e-12)
+    return {
+        "val_fvu": fvu,
+        "val_explained_variance": 1.0 - fvu,
+        "val_mse": err / (len(acts) * acts.shape[1]),
+        "val_l0": l0 / len(acts),
+        "val_dead_fraction": 1.0 - fired.float().mean().item(),
+        "val_tokens": len(acts),
+    }
+
+
+# ---------------------------------------------------------------- training
+
+
+def _training_sae_config(cfg: TrainConfig, hook_name: str):
+    from sae_lens import (
+        BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAEConfig,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAEConfig,
+    )
+
+    d_in, d_sae = cfg.d_in, cfg.d_in * cfg.expansion
+    common = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu")
+    if cfg.arch == "topk":
+        sae_cfg = TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient, **common)
+    elif cfg.arch == "batchtopk":
+        sae_cfg = BatchTopKTrainingSAEConfig(k=float(cfg.k), aux_loss_coefficient=cfg.aux_loss_coefficient, **common)
+    elif cfg.arch == "jumprelu":
+        # the quadratic L0 loss steers toward k active latents, so --k means the same for every arch
+        sae_cfg = JumpReLUTrainingSAEConfig(jumprelu_sparsity_loss_mode="quadratic", target_l0=float(cfg.k), l0_coefficient=cfg.sparsity_coefficient, **common)
+    else:
+        sae_cfg = StandardTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
+    sae_cfg.metadata.hook_name = hook_name
+    return sae_cfg
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    root = out / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / RUN_STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name)) if done else None
+
+
+def _resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
+    """Fill in width-dependent defaults and check the values."""
+    if cfg.arch not in ARCHS:
+        raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+    if cfg.expansion < 1:
+        raise UserError(f"--expansion must be a positive integer, got {cfg.expansion}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"validation fraction must be between 0 and 1, got {cfg.val_fraction}")
+    k = cfg.k if cfg.k is not None else default_k(d_in)
+    if not 1 <= k <= d_in * cfg.expansion:
+        raise UserError(f"--k {k} is out of range; it must be between 1 and the number of latents ({d_in * cfg.expansion})")
+    if cfg.tokens is not None and cfg.tokens < cfg.batch_size:
+        raise UserError(f"--tokens {cfg.tokens} is less than one batch ({cfg.batch_size}); give more tokens or a smaller --batch-size")
+    return dataclasses.replace(cfg, d_in=d_in, k=k)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) if not isinstance(obj, str) else obj)
+    tmp.replace(path)
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    data: Iterator[torch.Tensor] | None = None,
+    val_acts: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Train one SAE and write it, its config and its metrics to `cfg.out`; returns the metrics.
+
+    Reads `cfg.cache` unless `data` (an endless iterator of (batch_size, width) batches) and
+    `val_acts` (held-out (rows, width) activations) are given. With `resume`, continues from
+    the latest checkpoint in `cfg.out` using the config saved there.
+    """
+    out = Path(cfg.out)
+    checkpoint = None
+    if resume:
+        if (out / METRICS_FILE).is_file() and _latest_checkpoint(out) is None:
+            print(f"saeuron train: {out} is already complete")
+            return json.loads((out / METRICS_FILE).read_text())
+        checkpoint = _latest_checkpoint(out)
+        if checkpoint is not None and (out / CONFIG_FILE).is_file():
+            saved = TrainConfig.from_json((out / CONFIG_FILE).read_text())
+            cfg = dataclasses.replace(saved, out=cfg.out, cache=cfg.cache or saved.cache)
+    elif out.exists() and ((out / CONFIG_FILE).exists() or (out / CHECKPOINT_DIR).exists() or (out / "cfg.json").exists()):
+        raise UserError(f"{str(out)!r} already holds an SAE run; pass --resume to continue it or choose another --out")
+
+    view = None
+    try:
+        if data is None:
+            if cfg.cache is None:
+                raise UserError("no activation cache given; pass --cache FILE")
+            view = open_hookpoint(cfg.cache, cfg.hookpoint)
+            prompt_ids = unique_prompts(view)
+            if len(prompt_ids) < 2:
+                raise UserError(f"the store holds rows of {len(prompt_ids)} prompt(s); at least 2 are needed to hold out validation images")
+            is_val = validation_prompt_mask(prompt_ids, cfg.val_fraction)
+            train_ids, val_ids = prompt_ids[~is_val], prompt_ids[is_val]
+            cfg = _resolve(cfg, view.width)
+            n_train = count_rows(view, train_ids, cfg.timesteps)
+            if n_train < cfg.batch_size:
+                raise UserError(f"only {n_train} training rows for {cfg.hookpoint!r}, fewer than one batch ({cfg.batch_size}); lower --batch-size")
+            if cfg.tokens is None:
+                cfg = dataclasses.replace(cfg, tokens=n_train)
+            val_acts = next(store_batches(view, cfg.val_tokens, prompt_ids=val_ids, timesteps=cfg.timesteps, seed=cfg.seed + 1, epochs=1, drop_last=False), None)
+            if val_acts is None:
+                raise UserError("no validation rows selected (check --timesteps)")
+            split = {"train_prompts": len(train_ids), "val_prompts": len(val_ids)}
+        else:
+            if val_acts is None or cfg.tokens is None:
+                raise ValueError("in-memory training needs val_acts and cfg.tokens")
+            cfg = _resolve(cfg, int(val_acts.shape[1]))
+            split = {}
+        return _fit(cfg, out, checkpoint, data, view, val_acts, split, train_ids if view is not None else None)
+    finally:
+        if view is not None:
+            view.close()
+
+
+def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, view, val_acts, split, train_ids) -> dict[str, Any]:
+    from sae_lens import SAE, LoggingConfig, SAETrainer, TrainingSAE
+    from sae_lens.config import SAETrainerConfig
+
+    steps = cfg.tokens // cfg.batch_size
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr,  # the constant phase runs at lr, then decays linearly to 0
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=warmup,
+        lr_decay_steps=steps - warmup,
+        device="cpu",
+        dead_feature_window=max(1, min(DEAD_AFTER_TOKENS // cfg.batch_size, steps // 5)),
+        feature_sampling_window=max(1, min(2000, steps)),
+        n_checkpoints=cfg.n_checkpoints,
+        checkpoint_path=str(out / CHECKPOINT_DIR),
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    sae = TrainingSAE.from_dict(_training_sae_config(cfg, cfg.hookpoint).to_dict())
+    elapsed_before, data_seed = 0.0, cfg.seed
+    if checkpoint is not None:
+        sae.load_weights_from_checkpoint(checkpoint)
+        state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
+        elapsed_before = state["elapsed_s"]
+        data_seed = state["data_seed"] + 1  # a fresh order: the stream is not replayed
+        print(f"saeuron train: resuming {out} from {checkpoint.name} tokens")
+
+    if data is None:
+        data = store_batches(view, cfg.batch_size, prompt_ids=train_ids, timesteps=cfg.timesteps, seed=data_seed, buffer_rows=cfg.buffer_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / CONFIG_FILE, cfg.to_json())
+
+    t0 = time.time()
+
+    def after_checkpoint(checkpoint_path: Path | None) -> None:
+        if checkpoint_path is None:
+            return
+        _write_json(Path(checkpoint_path) / RUN_STATE_FILE, {"elapsed_s": elapsed_before + time.time() - t0, "data_seed": data_seed})
+        for old in (out / CHECKPOINT_DIR).iterdir():  # keep only the newest: each holds weights and Adam state
+            if old.is_dir() and old.name != Path(checkpoint_path).name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data, save_checkpoint_fn=after_checkpoint)
+    if checkpoint is not None:
+        trainer.load_trainer_state(checkpoint)
+        # sae-lens counts checkpoint thresholds from 0; drop those already passed
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+    else:
+        _init_from_data(trainer, data)
+
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+        print(f"\nsaeuron train: interrupted; checkpoint saved at {trainer.n_training_samples} tokens, continue with --resume")
+        raise
+    if cfg.arch == "batchtopk":
+        _calibrate_batchtopk_threshold(sae, data)
+    wall = elapsed_before + time.time() - t0
+
+    sae.save_inference_model(out)
+    saved = SAE.load_from_disk(out)  # score what was written, in its inference form
+    metrics = {
+        "hookpoint": cfg.hookpoint,
+        "arch": cfg.arch,
+        "inference_arch": saved.cfg.architecture(),
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_in * cfg.expansion,
+        "k": cfg.k,
+        **evaluate_sae(saved, val_acts),
+        "train_l0": sae.cfg.metadata.l0,
+        "train_dead_fraction": float(trainer.dead_neurons.float().mean().item()),
+        "tokens_seen": int(trainer.n_training_samples),
+        "steps": int(trainer.n_training_steps),
+        "wall_time_s": wall,
+        "tokens_per_s": trainer.n_training_samples / max(wall, 1e-9),
+        **split,
+    }
+    _write_json(out / METRICS_FILE, metrics)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return metrics
+
+
+@torch.no_grad()
+def _calibrate_batchtopk_threshold(sae, data: Iterator[torch.Tensor], n_batches: int = 8) -> None:
+    """Set the threshold that the saved JumpReLU SAE uses to the mean over fresh training batches of
+    the smallest activation BatchTopK keeps.
+
+    sae-lens keeps this as an EMA (rate 0.01) starting from 0, which has not converged in a short
+    run: the saved SAE would then fire far more than k latents a token.
+    """
+    mins = []
+    for _ in range(n_batches):
+        acts = sae.encode(next(data).to(sae.W_dec.device, sae.W_dec.dtype))
+        positive = acts[acts > 0]
+        if positive.numel():
+            mins.append(positive.min().double())
+    if mins:
+        sae.topk_threshold = torch.stack(mins).mean().to(sae.topk_threshold.device)
+
+
+@torch.no_grad()
+def _init_from_data(trainer, data: Iterator[torch.Tensor], n_batches: int = 4) -> None:
+    """Scale inputs to mean norm sqrt(d_in) and start b_dec at their mean (SAeUron), from a few batches."""
+    batches = [next(data).float() for _ in range(n_batches)]
+    x = torch.cat(batches)
+    d_in = x.shape[1]
+    scale = d_in**0.5 / x.norm(dim=-1).mean().clamp(min=1e-12).item()
+    # the trainer scales every batch by this and folds it into the weights at the end
+    trainer.activation_scaler.scaling_factor = scale
+    trainer.sae.b_dec.data.copy_(x.mean(0) * scale)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli_train(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        out=args.out,
+        hookpoint=args.hookpoint,
+        cache=args.cache,
+        arch=args.arch,
+        k=args.k,
+        expansion=args.expansion,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        tokens=args.tokens,
+        timesteps=tuple(args.timesteps) if args.timesteps else None,
+        aux_loss_coefficient=args.aux_loss_coefficient,
+        sparsity_coefficient=args.sparsity_coefficient,
+        val_fraction=args.val_fraction,
+        n_checkpoints=args.checkpoints,
+        seed=args.seed,
+    )
+    metrics = train(cfg, resume=args.resume)
+    print(
+        f"saved SAE to {cfg.out}: validation FVU {metrics['val_fvu']:.4f}, L0 {metrics['val_l0']:.1f}, "
+        f"dead {metrics['val_dead_fraction']:.1%}, {metrics['tokens_seen']} tokens in {metrics['wall_time_s']:.0f} s"
+    )
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `saeuron train`."""
+    p = subparsers.add_parser("train", help="train an SAE on one hookpoint of an activation cache (sae-lens)")
+    p.add_argument("--cache", required=True, help="HDF5 activation cache")
+    p.add_argument("--hookpoint", required=True, help="hookpoint whose activations to train on")
+    p.add_argument("--out", required=True, help="output folder (sae-lens format + train_config.json + metrics.json)")
+    p.add_argument("--arch", default="batchtopk", choices=ARCHS, help="SAE architecture (default: batchtopk)")
+    p.add_argument("--k", type=int, default=None, help="active latents per token (default: width/40, between 4 and width/8)")
+    p.add_argument("--expansion", type=int, default=16, help="latents per input dimension (default: 16)")
+    p.add_argument("--lr", type=float, default=4e-4, help="Adam learning rate, decayed linearly to 0 (default: 4e-4)")
+    p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: one pass over the training rows)")
+    p.add_argument("--timesteps", type=int, nargs="+", default=None, help="train only on rows of these timesteps")
+    p.add_argument("--aux-loss-coefficient", type=float, default=1 / 32, help="AuxK loss weight for topk/batchtopk (default: 1/32)")
+    p.add_argument("--sparsity-coefficient", type=float, default=1.0, help="l1 (standard) or l0 (jumprelu) loss weight")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of prompts held out for validation (default: 0.1)")
+    p.add_argument("--checkpoints", type=int, default=10, help="checkpoints during training (default: 10; only the newest is kept)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(func=_cli_train)
