@@ -65,7 +65,7 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = to
 
         if not (PIPELINE_DIR / "model_index.json").exists():
             raise UserError(f"the shipped minicanvas model is missing at {PIPELINE_DIR}; run scripts/train_minicanvas.py")
-        pipe = MiniCanvasPipeline.from_pretrained(PIPELINE_DIR, torch_dtype=dtype)
+        pipe = MiniCanvasPipeline.from_pretrained(PIPELINE_DIR, dtype=dtype)
     else:
         path = Path(name).expanduser()
         looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
@@ -75,10 +75,10 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = to
                 raise UserError(f"model folder {name!r} not found or has no model_index.json; give a diffusers pipeline folder, a hub id, or 'minicanvas'")
             cls_name = json.loads(index.read_text()).get("_class_name")
             cls = MiniCanvasPipeline if cls_name == "MiniCanvasPipeline" else DiffusionPipeline
-            pipe = cls.from_pretrained(path, torch_dtype=dtype)
+            pipe = cls.from_pretrained(path, dtype=dtype)
         else:
             try:
-                pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype)
+                pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype)
             except Exception as err:  # offline, unknown id, gated repo: one clear message
                 raise UserError(f"could not load model {name!r}: not a local folder and not loadable from the hub ({type(err).__name__}); pass a local diffusers folder or 'minicanvas'") from None
     if model_family(pipe) != "minicanvas":

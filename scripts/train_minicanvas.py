@@ -135,10 +135,11 @@ def main():
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        eps = unet(xt, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
+        pred = unet(xt, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
+        target = scheduler.get_velocity(x0, noise, t)  # v-prediction
         snr = compute_snr(scheduler, t)
-        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting
-        loss = (weight * F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 weighting for v-prediction
+        loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr

@@ -84,13 +84,17 @@ def build_unet():
 
 
 def build_scheduler():
-    """The DDIM scheduler the model is trained and sampled with (cosine schedule)."""
+    """The DDIM scheduler the model is trained and sampled with (cosine schedule, v-prediction).
+
+    v-prediction: with the cosine schedule alpha_bar(999) is ~0, and an epsilon model's x0
+    estimate at the first step is amplified noise (clipped, it stays in the image).
+    """
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
+        prediction_type="v_prediction",
         clip_sample=True,
         clip_sample_range=1.0,
         set_alpha_to_one=False,

@@ -1,0 +1,660 @@
+"""The HDF5 activation store: write hookpoint activations while sampling, resume, stream shuffled batches.
+
+Layout of one store file (h5py, libver='latest', written in SWMR mode so readers can follow a run):
+
+    attrs: format='saeuron-activations', format_version, config (JSON of CacheConfig)
+    prompts/{text,style,object}      the prompt table with concept labels ('' when unknown)
+    acts/<hookpoint>                 float16 (rows, width), chunked: one row per token vector
+    rows/<hookpoint>/{prompt,seed,step,timestep,branch,position}   provenance of every row
+    progress                         int64 (units done, hookpoints): cumulative rows after each unit
+
+A unit is one batch of (prompt, seed) pairs. Its rows are flushed before its `progress` row is
+written, so rows past the last `progress` row belong to an unfinished unit: readers ignore them
+and `--resume` drops them. A run split over processes (RANK / WORLD_SIZE) writes a folder of
+shards with a `manifest.json`; readers follow the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import UserError
+from .hooks import BRANCH_CHOICES, CAPTURE_CHOICES, Capture, get_hookpoint
+from .pipelines import CFG_BRANCHES, MINICANVAS, SamplerConfig, check_prompts, sample
+
+FORMAT = "saeuron-activations"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROVENANCE = {"prompt": np.int32, "seed": np.int64, "step": np.int16, "timestep": np.int16, "branch": np.int8, "position": np.int32}
+PROVENANCE_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What a caching run records: model, hookpoints, sampler, CFG branch, capture mode, steps and positions kept."""
+
+    model: str = MINICANVAS
+    hookpoints: tuple[str, ...] = ("up_blocks.1.attentions.1",)
+    prompts: str = "minicanvas"  # 'minicanvas' or the prompt file it came from
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 25
+    cfg: float = 4.0
+    batch_size: int = 50
+    branch: str = "cond"
+    capture: str = "output"
+    timesteps: str = "all"  # all | every:K | comma list of step indices
+    positions: str = "all"  # all | random:K
+    position_seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# ---------------------------------------------------------------- config parsing
+
+
+def parse_timesteps(spec: str, steps: int) -> list[int]:
+    """The step indices kept: 'all', 'every:K' (0, K, 2K, ...) or a comma list of step indices."""
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(steps))
+    try:
+        if spec.startswith("every:"):
+            k = int(spec[len("every:") :])
+            if k < 1:
+                raise ValueError
+            return list(range(0, steps, k))
+        kept = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"bad --timesteps {spec!r}; give all, every:K (K >= 1) or step indices like 0,10,20") from None
+    bad = [s for s in kept if not 0 <= s < steps]
+    if not kept or bad:
+        raise UserError(f"bad --timesteps {spec!r}: step indices must be in 0..{steps - 1} (steps={steps})")
+    return kept
+
+
+def parse_positions(spec: str) -> int | None:
+    """None for 'all', K for 'random:K'."""
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    if spec.startswith("random:"):
+        try:
+            k = int(spec[len("random:") :])
+        except ValueError:
+            k = 0
+        if k >= 1:
+            return k
+    raise UserError(f"bad --positions {spec!r}; give all or random:K (K >= 1)")
+
+
+def check_config(config: CacheConfig) -> None:
+    """Refuse settings that cannot work, naming the bad value."""
+    if config.branch not in BRANCH_CHOICES:
+        raise UserError(f"unknown --branch {config.branch!r}; valid: {', '.join(BRANCH_CHOICES)}")
+    if config.capture not in CAPTURE_CHOICES:
+        raise UserError(f"unknown --capture {config.capture!r}; valid: {', '.join(CAPTURE_CHOICES)}")
+    if config.steps < 1:
+        raise UserError(f"steps must be >= 1, got {config.steps}")
+    if config.batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {config.batch_size}")
+    if not config.seeds:
+        raise UserError("no seeds given")
+    if not config.hookpoints:
+        raise UserError("no hookpoints given")
+    parse_timesteps(config.timesteps, config.steps)
+    parse_positions(config.positions)
+
+
+def prompt_table(prompts: Sequence[str | dict]) -> list[dict]:
+    """Prompts as rows {prompt, style, object}; plain strings get empty concept labels."""
+    rows = []
+    for p in prompts:
+        if isinstance(p, str):
+            rows.append({"prompt": p, "style": "", "object": ""})
+        else:
+            rows.append({"prompt": str(p["prompt"]), "style": str(p.get("style", "") or ""), "object": str(p.get("object", "") or "")})
+    if not rows:
+        raise UserError("the prompt list is empty; give at least one prompt")
+    return rows
+
+
+# ---------------------------------------------------------------- opening
+
+
+def _open_read(path: Path) -> h5py.File:
+    """Open one store file for reading (SWMR), or one clear UserError if it is not a saeuron store."""
+    if not path.is_file():
+        raise UserError(f"activation store {str(path)!r} not found")
+    try:
+        f = h5py.File(path, "r", swmr=True)
+    except OSError:
+        try:  # a file not written with libver='latest' cannot be opened with swmr=True
+            f = h5py.File(path, "r")
+        except OSError:
+            raise UserError(f"{str(path)!r} is not a readable HDF5 file (corrupt or not HDF5); give an activation store written by `saeuron cache`") from None
+    try:
+        fmt = f.attrs.get("format")
+        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        if fmt != FORMAT:
+            raise UserError(f"{str(path)!r} is an HDF5 file but not a saeuron activation store (format attribute {fmt!r}, expected {FORMAT!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise UserError(f"{str(path)!r} has store format version {version}; this saeuron reads version {FORMAT_VERSION}")
+        missing = [k for k in ("prompts", "acts", "rows", "progress") if k not in f] + [k for k in ("config",) if k not in f.attrs]
+        if missing:
+            raise UserError(f"{str(path)!r} is a damaged activation store: missing {', '.join(missing)}")
+    except UserError:
+        f.close()
+        raise
+    except Exception as err:
+        f.close()
+        raise UserError(f"{str(path)!r} is a damaged activation store ({type(err).__name__}: {err})") from None
+    return f
+
+
+def _shard_paths(path: Path) -> list[Path]:
+    """The store files of a store: the file itself, or the shards listed in a folder's manifest."""
+    if path.is_dir():
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            raise UserError(f"{str(path)!r} is a folder without {MANIFEST}; give an activation store file or a sharded store folder")
+        try:
+            data = json.loads(manifest.read_text())
+            shards = [path / s for s in data["shards"]]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{str(manifest)!r} is not a saeuron shard manifest (needs a 'shards' list)") from None
+        if data.get("format") != FORMAT:
+            raise UserError(f"{str(manifest)!r} is not a saeuron activation manifest (format {data.get('format')!r})")
+        missing = [str(s) for s in shards if not s.is_file()]
+        if missing:
+            raise UserError(f"shards listed in {str(manifest)!r} are missing: {', '.join(missing)}")
+        return shards
+    return [path]
+
+
+def _committed(f: h5py.File) -> tuple[int, dict[str, int]]:
+    """Units done and committed rows per hookpoint (rows past these belong to an unfinished unit)."""
+    prog = _ds(f, "progress")
+    names = json.loads(f.attrs["config"])["hookpoints"]
+    n = prog.shape[0]
+    last = prog[n - 1] if n else np.zeros(len(names), np.int64)
+    return n, {hp: int(r) for hp, r in zip(names, last)}
+
+
+def _ds(f: h5py.File, name: str) -> h5py.Dataset:
+    """A dataset, refreshed so that a SWMR reader sees what the writer has flushed."""
+    d = f[name]
+    if f.swmr_mode:
+        d.refresh()
+    return d
+
+
+def _read_prompts(f: h5py.File) -> list[dict]:
+    g = f["prompts"]
+    cols = {k: [x.decode() if isinstance(x, bytes) else str(x) for x in g[k][()]] for k in ("text", "style", "object")}
+    return [{"prompt": t, "style": s, "object": o} for t, s, o in zip(cols["text"], cols["style"], cols["object"])]
+
+
+@dataclass
+class StoreInfo:
+    """What a store holds: its config, prompts, hookpoints with widths and committed row counts."""
+
+    path: str
+    format_version: int
+    config: dict
+    prompts: list[dict]
+    widths: dict[str, int]
+    rows: dict[str, int]
+    units_done: int
+    units_total: int
+    shards: list[str] = field(default_factory=list)
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(self.widths)
+
+    @property
+    def complete(self) -> bool:
+        return self.units_done >= self.units_total
+
+
+def _units_total(config: dict, n_prompts: int) -> int:
+    return math.ceil(n_prompts * len(config["seeds"]) / config["batch_size"])
+
+
+def open_store(path: str | Path) -> StoreInfo:
+    """Metadata of a store file or sharded folder (no activations are read)."""
+    path = Path(path)
+    shards = _shard_paths(path)
+    widths: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    units = 0
+    config = prompts = None
+    for shard in shards:
+        with _open_read(shard) as f:
+            cfg = json.loads(f.attrs["config"])
+            cfg.pop("rank", None), cfg.pop("world_size", None)
+            if config is None:
+                config, prompts = cfg, _read_prompts(f)
+            elif cfg != config:
+                raise UserError(f"shard {str(shard)!r} was written with a different config than {str(shards[0])!r}")
+            done, committed = _committed(f)
+            units += done
+            for hp in cfg["hookpoints"]:
+                widths[hp] = int(f["acts"][hp].shape[1])
+                rows[hp] = rows.get(hp, 0) + committed[hp]
+    return StoreInfo(str(path), FORMAT_VERSION, config, prompts, widths, rows, units, _units_total(config, len(prompts)), [str(s) for s in shards])
+
+
+def _check_hookpoint(info: StoreInfo, hookpoint: str) -> None:
+    if hookpoint not in info.widths:
+        raise UserError(f"hookpoint {hookpoint!r} is not in {info.path!r}; it holds {', '.join(info.hookpoints)}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def row_provenance(path: str | Path, hookpoint: str, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Provenance columns (prompt, seed, step, timestep, branch, position) of committed rows, in store order."""
+    info = open_store(path)
+    _check_hookpoint(info, hookpoint)
+    cols: dict[str, list] = {k: [] for k in PROVENANCE}
+    for shard in info.shards:
+        with _open_read(Path(shard)) as f:
+            n = _committed(f)[1][hookpoint]
+            for k in PROVENANCE:
+                cols[k].append(_ds(f, f"rows/{hookpoint}/{k}")[:n])
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    return out if rows is None else {k: v[rows] for k, v in out.items()}
+
+
+def read_rows(path: str | Path, hookpoint: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Committed rows start:stop of a hookpoint as float32 (rows, width), in store order."""
+    info = open_store(path)
+    _check_hookpoint(info, hookpoint)
+    stop = info.rows[hookpoint] if stop is None else min(stop, info.rows[hookpoint])
+    parts, offset = [], 0
+    for shard in info.shards:
+        with _open_read(Path(shard)) as f:
+            n = _committed(f)[1][hookpoint]
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if lo < hi:
+                parts.append(_ds(f, f"acts/{hookpoint}")[lo:hi])
+            offset += n
+    width = info.widths[hookpoint]
+    return torch.from_numpy(np.concatenate(parts).astype(np.float32)) if parts else torch.zeros(0, width)
+
+
+def _row_filter(info: StoreInfo, timesteps, steps, branch, concept) -> Callable[[dict], np.ndarray] | None:
+    """A function from a block's provenance columns to a boolean mask, or None when every row is kept."""
+    tests = []
+    if timesteps is not None:
+        tsel = np.array(sorted({int(t) for t in timesteps}))
+        tests.append(lambda p: np.isin(p["timestep"], tsel))
+    if steps is not None:
+        ssel = np.array(sorted({int(s) for s in steps}))
+        tests.append(lambda p: np.isin(p["step"], ssel))
+    if branch is not None:
+        if branch not in CFG_BRANCHES:
+            raise UserError(f"unknown branch {branch!r}; valid: {', '.join(CFG_BRANCHES)}")
+        b = CFG_BRANCHES.index(branch)
+        tests.append(lambda p: p["branch"] == b)
+    if concept is not None:
+        kind, name = concept
+        if kind not in ("style", "object"):
+            raise UserError(f"unknown concept kind {kind!r}; valid kinds: style, object")
+        psel = np.array([i for i, row in enumerate(info.prompts) if row[kind] == name], dtype=np.int64)
+        if psel.size == 0:
+            present = sorted({row[kind] for row in info.prompts if row[kind]})
+            raise UserError(f"no prompt of {kind} {name!r} in {info.path!r}; its {kind}s: {', '.join(present) or '(none labelled)'}")
+        tests.append(lambda p: np.isin(p["prompt"], psel))
+    if not tests:
+        return None
+    return lambda p: np.logical_and.reduce([t(p) for t in tests])
+
+
+def iter_batches(
+    path: str | Path,
+    hookpoint: str,
+    batch_size: int = 4096,
+    shuffle: bool = True,
+    seed: int = 0,
+    timesteps: Sequence[int] | None = None,
+    branch: str | None = None,
+    concept: tuple[str, str] | None = None,
+    buffer_rows: int = 1 << 18,
+    steps: Sequence[int] | None = None,
+    drop_last: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Float32 batches (batch, width) of committed rows; shuffled through a buffer of at most ~buffer_rows rows.
+
+    Shuffling reads whole chunks in random order into the buffer and permutes the buffer,
+    so memory stays bounded by the buffer whatever the store's size. Filters: timestep
+    values, step indices, CFG branch ('cond'/'uncond'), concept ('style', 'neon').
+    """
+    if batch_size < 1 or buffer_rows < 1:
+        raise UserError(f"batch_size and buffer_rows must be >= 1, got {batch_size} and {buffer_rows}")
+    info = open_store(path)
+    _check_hookpoint(info, hookpoint)
+    keep = _row_filter(info, timesteps, steps, branch, concept)
+    rng = np.random.default_rng(seed)
+    files = [_open_read(Path(s)) for s in info.shards]
+    try:
+        blocks = []
+        for fi, f in enumerate(files):
+            n = _committed(f)[1][hookpoint]
+            chunk = _ds(f, f"acts/{hookpoint}").chunks[0]
+            for k in PROVENANCE:
+                _ds(f, f"rows/{hookpoint}/{k}")
+            step = max(chunk, (min(buffer_rows, 1 << 16) // chunk) * chunk) if not shuffle else chunk
+            blocks += [(fi, s, min(s + step, n)) for s in range(0, n, step)]
+        if shuffle:
+            blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+        pending = np.zeros((0, info.widths[hookpoint]), np.float16)
+        buffer: list[np.ndarray] = []
+        filled = 0
+
+        def drain(final: bool):
+            nonlocal pending
+            data = np.concatenate([pending, *buffer]) if buffer else pending
+            buffer.clear()
+            if shuffle:
+                data = data[rng.permutation(len(data))]
+            full = (len(data) // batch_size) * batch_size
+            for s in range(0, full, batch_size):
+                yield torch.from_numpy(data[s : s + batch_size].astype(np.float32))
+            pending = data[full:]
+            if final and len(pending) and not drop_last:
+                yield torch.from_numpy(pending.astype(np.float32))
+
+        for fi, lo, hi in blocks:
+            f = files[fi]
+            acts = f["acts"][hookpoint][lo:hi]
+            if keep is not None:
+                g = f["rows"][hookpoint]
+                acts = acts[keep({k: g[k][lo:hi] for k in PROVENANCE})]
+            buffer.append(acts)
+            filled += len(acts)
+            if filled >= buffer_rows:
+                yield from drain(final=False)
+                filled = len(pending)
+        yield from drain(final=True)
+    finally:
+        for f in files:
+            f.close()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows per chunk: about 1 MiB of float16."""
+    return int(max(64, min(1 << 16, (1 << 20) // (2 * width))))
+
+
+class _Writer:
+    """Appends rows to one store file in SWMR mode and commits units."""
+
+    def __init__(self, path: Path):
+        self.f = h5py.File(path, "r+", libver="latest")
+        self.names = json.loads(self.f.attrs["config"])["hookpoints"]
+        self.f.swmr_mode = True
+        self.rows = {hp: int(self.f["acts"][hp].shape[0]) for hp in self.names}
+
+    @staticmethod
+    def create(path: Path, config_json: str, prompts: list[dict], widths: dict[str, int]) -> None:
+        """Write an empty store (structure, prompts, config) to `path`."""
+        with h5py.File(path, "w", libver="latest") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = config_json
+            g = f.create_group("prompts")
+            for key, col in (("text", "prompt"), ("style", "style"), ("object", "object")):
+                g.create_dataset(key, data=[r[col] for r in prompts], dtype=h5py.string_dtype())
+            for hp, width in widths.items():
+                f.create_dataset(f"acts/{hp}", shape=(0, width), maxshape=(None, width), chunks=(_chunk_rows(width), width), dtype=np.float16)
+                for key, dt in PROVENANCE.items():
+                    f.create_dataset(f"rows/{hp}/{key}", shape=(0,), maxshape=(None,), chunks=(PROVENANCE_CHUNK,), dtype=dt)
+            f.create_dataset("progress", shape=(0, len(widths)), maxshape=(None, len(widths)), chunks=(1024, len(widths)), dtype=np.int64)
+
+    def append(self, hp: str, acts: np.ndarray, prov: dict[str, np.ndarray]) -> None:
+        n0, n = self.rows[hp], len(acts)
+        d = self.f["acts"][hp]
+        d.resize(n0 + n, axis=0)
+        d[n0:] = acts
+        g = self.f["rows"][hp]
+        for key in PROVENANCE:
+            g[key].resize(n0 + n, axis=0)
+            g[key][n0:] = prov[key]
+        self.rows[hp] = n0 + n
+
+    def commit(self) -> None:
+        """Make the rows written so far durable, then record the unit as done."""
+        self.f.flush()
+        prog = self.f["progress"]
+        n = prog.shape[0]
+        prog.resize(n + 1, axis=0)
+        prog[n] = [self.rows[hp] for hp in self.names]
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _copy_committed(src: Path, dst: Path, block_rows: int = 1 << 16) -> int:
+    """Copy the committed units of `src` (maybe left open by a killed writer) into the fresh store `dst`."""
+    with _open_read(src) as f, h5py.File(dst, "r+", libver="latest") as g:
+        done, committed = _committed(f)
+        names = json.loads(f.attrs["config"])["hookpoints"]
+        for hp in names:
+            n = committed[hp]
+            datasets = [(_ds(f, f"acts/{hp}"), g["acts"][hp])] + [(_ds(f, f"rows/{hp}/{k}"), g["rows"][hp][k]) for k in PROVENANCE]
+            for s, d in datasets:
+                d.resize(n, axis=0)
+                for lo in range(0, n, block_rows):
+                    d[lo : min(lo + block_rows, n)] = s[lo : min(lo + block_rows, n)]
+        g["progress"].resize(done, axis=0)
+        if done:
+            g["progress"][:] = _ds(f, "progress")[:done]
+    return done
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) from torchrun / accelerate launch environment variables."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise UserError(f"bad RANK/WORLD_SIZE environment ({os.environ.get('RANK')!r}, {os.environ.get('WORLD_SIZE')!r}); they must be integers") from None
+
+
+def _prepare(out: Path, config_json: str, prompts: list[dict], widths: dict[str, int], resume: bool, total_units: int) -> int:
+    """Create or recover the store file at `out`; the number of units already done."""
+    if out.exists() and not resume:
+        raise UserError(f"{str(out)!r} already exists; pass --resume to continue it, or choose another --out")
+    done = 0
+    if out.exists():  # validate before writing anything
+        with _open_read(out) as f:
+            old, old_prompts = json.loads(f.attrs["config"]), _read_prompts(f)
+        new = json.loads(config_json)
+        if old != new:
+            diff = ", ".join(f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            raise UserError(f"cannot resume {str(out)!r}: it was written with a different config ({diff}); use the same options or another --out")
+        if old_prompts != prompts:
+            raise UserError(f"cannot resume {str(out)!r}: its prompt list differs from the one given; use the same prompts or another --out")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        _Writer.create(tmp, config_json, prompts, widths)
+        if out.exists():
+            # a writer killed while the file was open leaves it flagged as open: rebuild it from its committed units
+            done = _copy_committed(out, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return min(done, total_units)
+
+
+def cache_activations(
+    pipe,
+    prompts: Sequence[str | dict],
+    out: str | Path,
+    config: CacheConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_images: Callable[[int, torch.Tensor], None] | None = None,
+) -> Path:
+    """Sample every prompt x seed and store the hookpoints' activations; resumable by units of one batch.
+
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) each process takes every WORLD_SIZE-th
+    unit and `out` becomes a folder of shards with a manifest. `on_images(unit, images)` sees
+    each batch's generated images. Returns the store path.
+    """
+    check_config(config)
+    table = prompt_table(prompts)
+    check_prompts(pipe, [r["prompt"] for r in table])
+    hps = [get_hookpoint(pipe, h) for h in config.hookpoints]
+    config = CacheConfig(**{**asdict(config), "hookpoints": tuple(h.path for h in hps), "seeds": tuple(int(s) for s in config.seeds)})
+    kept_steps = parse_timesteps(config.timesteps, config.steps)
+    k_pos = parse_positions(config.positions)
+    too_many = [h.path for h in hps if k_pos is not None and k_pos > h.tokens]
+    if too_many:
+        raise UserError(f"--positions random:{k_pos} asks for more positions than {', '.join(too_many)} has tokens ({min(h.tokens for h in hps)})")
+    pairs = [(pi, s) for pi in range(len(table)) for s in config.seeds]
+    n_units = math.ceil(len(pairs) / config.batch_size)
+
+    rank, world = _dist()
+    out = Path(out)
+    if world > 1:
+        folder = out
+        folder.mkdir(parents=True, exist_ok=True)
+        shard_names = [f"shard-{r:04d}-of-{world:04d}.h5" for r in range(world)]
+        if rank == 0:
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": shard_names, "config": asdict(config)}
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        out = folder / shard_names[rank]
+        my_units = list(range(rank, n_units, world))
+        config_json = json.dumps({**asdict(config), "rank": rank, "world_size": world}, sort_keys=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        my_units = list(range(n_units))
+        config_json = config.to_json()
+    # a store's config JSON must round-trip through json so that tuples compare equal to lists
+    config_json = json.dumps(json.loads(config_json), sort_keys=True)
+
+    done = _prepare(out, config_json, table, {h.path: h.width for h in hps}, resume, len(my_units))
+    if done >= len(my_units):
+        return out.parent if world > 1 else out
+
+    writer = _Writer(out)
+    try:
+        unit_start = 0  # index of the unit's first pair, read by the sink
+
+        def sink(hp: str, step: int, timestep: int, branch: str, acts_btd: torch.Tensor) -> None:
+            b, t, d = acts_btd.shape
+            acts = acts_btd.to(torch.float16).cpu().numpy()
+            b_id = CFG_BRANCHES.index(branch)
+            if k_pos is None:
+                pos = np.broadcast_to(np.arange(t), (b, t))
+            else:  # same positions for every hookpoint; reproducible on resume
+                pos = np.stack([np.sort(np.random.default_rng([config.position_seed, unit_start + j, step, b_id]).choice(t, k_pos, replace=False)) for j in range(b)])
+            rows = np.take_along_axis(acts, pos[:, :, None], axis=1).reshape(-1, d)
+            pj = np.array([pairs[unit_start + j] for j in range(b)])
+            k = pos.shape[1]
+            prov = {
+                "prompt": np.repeat(pj[:, 0], k),
+                "seed": np.repeat(pj[:, 1], k),
+                "step": np.full(b * k, step),
+                "timestep": np.full(b * k, timestep),
+                "branch": np.full(b * k, b_id),
+                "position": pos.reshape(-1),
+            }
+            writer.append(hp, rows, prov)
+
+        from tqdm.auto import tqdm
+
+        sampler = SamplerConfig(steps=config.steps, cfg=config.cfg, batch_size=config.batch_size)
+        todo = my_units[done:]
+        with Capture(pipe, [h.path for h in hps], sink, branch=config.branch, steps=kept_steps, capture=config.capture) as cap:
+            for u in tqdm(todo, desc=f"caching {out.name}", unit="batch", disable=not progress, initial=done, total=len(my_units)):
+                unit_start = u * config.batch_size
+                unit = pairs[unit_start : unit_start + config.batch_size]
+                images = sample(pipe, [table[pi]["prompt"] for pi, _ in unit], [s for _, s in unit], sampler, on_step=cap.on_step)
+                writer.commit()
+                if on_images is not None:
+                    on_images(u, images)
+    finally:
+        writer.close()
+    return out.parent if world > 1 else out
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cmd_cache(args) -> None:
+    from .generate import parse_seeds, read_prompts
+    from .pipelines import load_pipeline
+
+    if args.minicanvas:
+        from .minicanvas.world import all_prompts
+
+        prompts, source = all_prompts(), "minicanvas"
+    else:
+        prompts, source = read_prompts(args.prompts), str(args.prompts)
+    hookpoints = tuple(h.strip() for h in args.hookpoints.split(",") if h.strip())
+    config = CacheConfig(
+        model=args.model,
+        hookpoints=hookpoints,
+        prompts=source,
+        seeds=tuple(parse_seeds(args.seeds)),
+        steps=args.steps,
+        cfg=args.cfg,
+        batch_size=args.batch_size,
+        branch=args.branch,
+        capture=args.capture,
+        timesteps=args.timesteps,
+        positions=args.positions,
+        position_seed=args.position_seed,
+    )
+    check_config(config)
+    if Path(args.out).exists() and not args.resume:  # before the slow model load
+        raise UserError(f"{args.out!r} already exists; pass --resume to continue it, or choose another --out")
+    pipe = load_pipeline(args.model)
+    path = cache_activations(pipe, prompts, args.out, config, resume=args.resume, progress=not args.quiet)
+    info = open_store(path)
+    rows = ", ".join(f"{hp}: {n} rows x {info.widths[hp]}" for hp, n in info.rows.items())
+    rank, world = _dist()
+    who = f"rank {rank}/{world} done; store so far: " if world > 1 else ""
+    print(f"{who}wrote {path} ({info.units_done}/{info.units_total} batches; {rows})")
+
+
+def register_cli(sub) -> None:
+    """Add `cache`."""
+    from .generate import add_sampler_args
+
+    p = sub.add_parser("cache", help="sample prompts x seeds and store hookpoint activations in an HDF5 store (resumable)")
+    p.add_argument("--hookpoints", required=True, help="comma-separated module paths, e.g. up_blocks.1.attentions.1 (see `saeuron hookpoints`)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompts", help="a file with one prompt per line (no concept labels)")
+    g.add_argument("--minicanvas", action="store_true", help="every minicanvas style x object prompt, with concept labels")
+    p.add_argument("--seeds", default="0", help="seeds: 0,1,2 or 0-7")
+    p.add_argument("--out", required=True, help="the store to write, e.g. activations/NAME.h5")
+    add_sampler_args(p)
+    p.add_argument("--branch", default="cond", choices=BRANCH_CHOICES, help="CFG half to store (default cond)")
+    p.add_argument("--capture", default="output", choices=CAPTURE_CHOICES, help="block output, or residual = output - input")
+    p.add_argument("--timesteps", default="all", help="steps to keep: all, every:K or step indices 0,10,20")
+    p.add_argument("--positions", default="all", help="spatial positions to keep: all or random:K per image and step")
+    p.add_argument("--position-seed", type=int, default=0, help="seed of the random:K position choice (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_cache)
+

@@ -1,0 +1,106 @@
+"""Benchmark activation caching: caching time / plain generation time, and store write speed vs a plain file write.
+
+    OMP_NUM_THREADS=1 python scripts/bench_cache.py [--model minicanvas] [--prompts 8] [--steps 10]
+
+Prints the ratios measured in this run (same prompts, seeds, steps; 2 hookpoints).
+Without shipped minicanvas weights it falls back to a random-weight minicanvas (same compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saeuron import cache
+from saeuron.errors import UserError
+from saeuron.minicanvas.world import all_prompts
+from saeuron.pipelines import SamplerConfig, load_pipeline, sample
+
+HOOKPOINTS = ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
+
+
+def _pipeline(name: str):
+    try:
+        return load_pipeline(name), name
+    except UserError:
+        if name != "minicanvas":
+            raise
+        from saeuron.minicanvas.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
+        from saeuron.pipelines import MiniCanvasPipeline
+
+        torch.manual_seed(0)
+        tok = build_tokenizer()
+        pipe = MiniCanvasPipeline(unet=build_unet(), scheduler=build_scheduler(), text_encoder=build_text_encoder(len(tok.get_vocab())), tokenizer=tok)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, "minicanvas (random weights: shipped weights missing)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minicanvas")
+    ap.add_argument("--prompts", type=int, default=8, help="number of minicanvas prompts (one seed each)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    args = ap.parse_args()
+
+    pipe, label = _pipeline(args.model)
+    prompts = all_prompts()[: args.prompts]
+    seeds = [0] * len(prompts)
+    sampler = SamplerConfig(steps=args.steps, batch_size=args.batch_size)
+    config = cache.CacheConfig(model=args.model, hookpoints=HOOKPOINTS, seeds=(0,), steps=args.steps, batch_size=args.batch_size)
+    sample(pipe, [p["prompt"] for p in prompts[:1]], [0], SamplerConfig(steps=1))  # warm-up
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gen, cached = [], []
+        for r in range(args.repeats):
+            t = time.perf_counter()
+            sample(pipe, [p["prompt"] for p in prompts], seeds, sampler)
+            gen.append(time.perf_counter() - t)
+            out = Path(tmp) / f"bench{r}.h5"
+            t = time.perf_counter()
+            cache.cache_activations(pipe, prompts, out, config, progress=False)
+            cached.append(time.perf_counter() - t)
+        info = cache.open_store(out)
+        n_bytes = sum(info.rows[h] * info.widths[h] * 2 for h in HOOKPOINTS)
+
+        # store write speed alone: the same rows through the store writer vs one plain sequential file write
+        rows = {h: cache.read_rows(out, h).numpy().astype(np.float16) for h in HOOKPOINTS}
+        prov = {h: cache.row_provenance(out, h) for h in HOOKPOINTS}
+        store_t, plain_t = [], []
+        for r in range(args.repeats):
+            path = Path(tmp) / f"write{r}.h5"
+            cache._Writer.create(path, json.dumps(info.config, sort_keys=True), info.prompts, info.widths)
+            t = time.perf_counter()
+            w = cache._Writer(path)
+            per_unit = max(1, len(rows[HOOKPOINTS[0]]) // info.units_total)
+            for start in range(0, len(rows[HOOKPOINTS[0]]), per_unit):
+                for h in HOOKPOINTS:
+                    w.append(h, rows[h][start : start + per_unit], {k: v[start : start + per_unit] for k, v in prov[h].items()})
+                w.commit()
+            w.close()
+            store_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with open(Path(tmp) / f"plain{r}.bin", "wb") as f:
+                for h in HOOKPOINTS:
+                    f.write(rows[h].tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            plain_t.append(time.perf_counter() - t)
+
+    g, c, s, p = min(gen), min(cached), min(store_t), min(plain_t)
+    mb = n_bytes / 2**20
+    print(f"model: {label}; {len(prompts)} prompts x 1 seed, {args.steps} steps, hookpoints {', '.join(HOOKPOINTS)}")
+    print(f"plain generation: {g:.2f} s; generation + caching: {c:.2f} s; ratio caching/generation = {c / g:.2f}")
+    print(f"activations: {mb:.1f} MiB; store write {mb / s:.1f} MiB/s vs plain sequential write {mb / p:.1f} MiB/s; ratio = {(mb / s) / (mb / p):.2f}")
+
+
+if __name__ == "__main__":
+    main()

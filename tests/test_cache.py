@@ -1,0 +1,268 @@
+"""The HDF5 activation store: contents, reader, resume (including after SIGKILL), refusals, shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from saeuron import cache, cli, hooks
+from saeuron.errors import UserError
+from saeuron.minicanvas.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
+from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, sample
+
+HP1, HP2 = "up_blocks.1.attentions.1", "mid_block.attentions.0"
+PROMPTS = [
+    {"prompt": "a circle in neon style", "style": "neon", "object": "circle"},
+    {"prompt": "a star in neon style", "style": "neon", "object": "star"},
+    {"prompt": "a circle in noir style", "style": "noir", "object": "circle"},
+]
+CONFIG = cache.CacheConfig(hookpoints=(HP1, HP2), seeds=(0, 1), steps=3, batch_size=4, branch="both")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    p = MiniCanvasPipeline(unet=build_unet(), scheduler=build_scheduler(), text_encoder=build_text_encoder(len(tok.get_vocab())), tokenizer=tok)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def store(pipe, tmp_path_factory):
+    """One store of 3 prompts x 2 seeds x 3 steps x both branches, and the images made while caching."""
+    path = tmp_path_factory.mktemp("cache") / "run.h5"
+    images = {}
+    cache.cache_activations(pipe, PROMPTS, path, CONFIG, progress=False, on_images=lambda u, im: images.__setitem__(u, im))
+    return path, torch.cat([images[u] for u in sorted(images)])
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r", swmr=True) as f:
+        out = {"progress": f["progress"][()]}
+        for hp in f["acts"]:
+            out[f"acts/{hp}"] = f["acts"][hp][()]
+            for k in f["rows"][hp]:
+                out[f"rows/{hp}/{k}"] = f["rows"][hp][k][()]
+    return out
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    x, y = _arrays(a), _arrays(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        assert x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes(), k
+
+
+def test_store_layout_and_provenance(pipe, store):
+    path, _ = store
+    info = cache.open_store(path)
+    n_rows = 3 * 2 * 3 * 2 * 256  # prompts x seeds x steps x branches x positions
+    assert info.rows == {HP1: n_rows, HP2: 3 * 2 * 3 * 2 * 64}
+    assert info.widths == {HP1: 64, HP2: 96} and info.complete and info.units_done == info.units_total == 2
+    assert info.prompts == PROMPTS and info.config["hookpoints"] == [HP1, HP2] and info.config["steps"] == 3
+    with h5py.File(path, "r", swmr=True) as f:
+        assert f.attrs["format"] == cache.FORMAT and f.attrs["format_version"] == cache.FORMAT_VERSION
+        d = f["acts"][HP1]
+        assert d.dtype == np.float16 and d.chunks is not None and d.shape == (n_rows, 64)
+    prov = cache.row_provenance(path, HP1)
+    assert set(prov) == {"prompt", "seed", "step", "timestep", "branch", "position"}
+    assert sorted(set(zip(prov["prompt"].tolist(), prov["seed"].tolist()))) == [(p, s) for p in range(3) for s in (0, 1)]
+    assert set(prov["step"].tolist()) == {0, 1, 2} and set(prov["branch"].tolist()) == {0, 1}
+    assert np.bincount(prov["position"]).tolist() == [3 * 2 * 3 * 2] * 256
+
+
+def test_stored_rows_equal_captured_activations(pipe, store):
+    path, _ = store
+    captured = []
+    prompts = [p["prompt"] for p in PROMPTS for _ in (0, 1)]
+    seeds = [s for _ in PROMPTS for s in (0, 1)]
+    with hooks.capture(pipe, [HP1], lambda hp, s, t, b, a: captured.append((s, b, a)), branch="cond") as cap:
+        sample(pipe, prompts[:4], seeds[:4], SamplerConfig(steps=3, batch_size=4), on_step=cap.on_step)
+    prov = cache.row_provenance(path, HP1)
+    acts = cache.read_rows(path, HP1)
+    step, branch, a = captured[1]
+    mask = (prov["step"] == step) & (prov["branch"] == 1) & (prov["prompt"] == 1) & (prov["seed"] == 1)
+    order = np.argsort(prov["position"][mask])
+    expected = a[3].to(torch.float16).float()  # pair 3 = prompt 1, seed 1
+    assert torch.equal(acts[np.flatnonzero(mask)[order]], expected)
+
+
+def test_images_not_disturbed_by_caching(pipe, store):
+    _, images = store
+    prompts = [p["prompt"] for p in PROMPTS for _ in (0, 1)]
+    seeds = [s for _ in PROMPTS for s in (0, 1)]
+    assert torch.equal(images, sample(pipe, prompts, seeds, SamplerConfig(steps=3, cfg=CONFIG.cfg, batch_size=4)))
+
+
+def test_iter_batches_covers_every_row_once(store):
+    path, _ = store
+    every = cache.read_rows(path, HP2)
+    batches = list(cache.iter_batches(path, HP2, batch_size=100, shuffle=True, seed=1, buffer_rows=300))
+    assert all(b.dtype == torch.float32 and b.shape[1] == 96 for b in batches)
+    assert all(len(b) == 100 for b in batches[:-1]) and sum(len(b) for b in batches) == len(every)
+    got = torch.cat(batches)
+    assert not torch.equal(got, every)  # shuffled
+    key = lambda t: np.lexsort(t.numpy().T[::-1])  # noqa: E731
+    assert torch.equal(got[key(got)], every[key(every)])
+    ordered = torch.cat(list(cache.iter_batches(path, HP2, batch_size=1000, shuffle=False)))
+    assert torch.equal(ordered, every)
+    assert sum(len(b) for b in cache.iter_batches(path, HP2, batch_size=100, drop_last=True)) == (len(every) // 100) * 100
+
+
+def test_iter_batches_filters(store):
+    path, _ = store
+    prov = cache.row_provenance(path, HP1)
+    every = cache.read_rows(path, HP1)
+    t0 = int(prov["timestep"][prov["step"] == 0][0])
+    cases = [
+        (dict(branch="cond"), prov["branch"] == 1),
+        (dict(concept=("style", "noir")), prov["prompt"] == 2),
+        (dict(concept=("object", "circle"), timesteps=[t0]), np.isin(prov["prompt"], [0, 2]) & (prov["timestep"] == t0)),
+        (dict(steps=[1, 2], branch="uncond"), (prov["step"] >= 1) & (prov["branch"] == 0)),
+    ]
+    for kwargs, mask in cases:
+        got = torch.cat(list(cache.iter_batches(path, HP1, batch_size=512, shuffle=False, **kwargs)))
+        assert torch.equal(got, every[mask]), kwargs
+    with pytest.raises(UserError, match="no prompt of style 'lava'.*neon, noir"):
+        next(cache.iter_batches(path, HP1, concept=("style", "lava")))
+    with pytest.raises(UserError, match="hookpoint 'down_blocks.0' is not in .*up_blocks.1.attentions.1"):
+        next(cache.iter_batches(path, "down_blocks.0"))
+
+
+def test_refusals(pipe, store, tmp_path):
+    path, _ = store
+    with pytest.raises(UserError, match="already exists; pass --resume"):
+        cache.cache_activations(pipe, PROMPTS, path, CONFIG, progress=False)
+    with pytest.raises(UserError, match=r"different config \(steps: 3 there vs 4 now\)"):
+        cache.cache_activations(pipe, PROMPTS, path, replace(CONFIG, steps=4), resume=True, progress=False)
+    with pytest.raises(UserError, match="prompt list differs"):
+        cache.cache_activations(pipe, PROMPTS[:2], path, CONFIG, resume=True, progress=False)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(UserError, match="not a readable HDF5 file"):
+        cache.open_store(garbage)
+    with pytest.raises(UserError, match="not a readable HDF5 file"):
+        cache.cache_activations(pipe, PROMPTS, garbage, CONFIG, resume=True, progress=False)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(UserError, match="not a saeuron activation store"):
+        cache.open_store(foreign)
+    with pytest.raises(UserError, match="not found"):
+        cache.open_store(tmp_path / "missing.h5")
+    for bad, match in [
+        (dict(branch="left"), "unknown --branch 'left'"),
+        (dict(timesteps="every:0"), "bad --timesteps 'every:0'"),
+        (dict(timesteps="1,7"), r"step indices must be in 0\.\.2"),
+        (dict(positions="some"), "bad --positions 'some'"),
+        (dict(hookpoints=("up_blocks.7",)), "unknown hookpoint 'up_blocks.7'"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            cache.cache_activations(pipe, PROMPTS, tmp_path / "new.h5", replace(CONFIG, **bad), progress=False)
+    assert not (tmp_path / "new.h5").exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(path.parent.glob("*.tmp"))
+
+
+def test_timesteps_positions_and_residual(pipe, tmp_path):
+    config = replace(CONFIG, hookpoints=(HP1,), branch="cond", timesteps="every:2", positions="random:5", capture="residual")
+    path = cache.cache_activations(pipe, PROMPTS[:1], tmp_path / "sub.h5", config, progress=False)
+    prov = cache.row_provenance(path, HP1)
+    assert len(prov["step"]) == 2 * 2 * 5 and set(prov["step"].tolist()) == {0, 2} and set(prov["branch"].tolist()) == {1}
+    per_image = prov["position"].reshape(-1, 5)
+    assert all(len(set(r)) == 5 and list(r) == sorted(r) for r in per_image.tolist())
+
+
+def test_resume_drops_partial_unit(pipe, store, tmp_path, monkeypatch):
+    config = replace(CONFIG, batch_size=1, steps=2)
+    full = cache.cache_activations(pipe, PROMPTS[:2], tmp_path / "full.h5", config, progress=False)
+    commit = cache._Writer.commit
+    calls = {"n": 0}
+
+    def failing_commit(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the rows of unit 3 are written but never committed
+            self.f.flush()
+            raise KeyboardInterrupt
+        commit(self)
+
+    monkeypatch.setattr(cache._Writer, "commit", failing_commit)
+    part = tmp_path / "part.h5"
+    with pytest.raises(KeyboardInterrupt):
+        cache.cache_activations(pipe, PROMPTS[:2], part, config, progress=False)
+    with h5py.File(part, "r") as f:
+        assert f["progress"].shape[0] == 2 and f["acts"][HP1].shape[0] > f["progress"][1][0]
+    assert cache.open_store(part).rows[HP1] == 2 * 2 * 2 * 256  # readers see only committed units
+    monkeypatch.setattr(cache._Writer, "commit", commit)
+    cache.cache_activations(pipe, PROMPTS[:2], part, config, resume=True, progress=False)
+    _assert_same(part, full)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(pipe, tmp_path):
+    model = tmp_path / "model"
+    pipe.save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a circle\na square in neon style\na star\n")
+    args = ["cache", "--model", str(model), "--hookpoints", f"{HP1},{HP2}", "--prompts", str(prompts), "--seeds", "0-2", "--steps", "2", "--batch-size", "1", "--quiet"]
+    killed = tmp_path / "killed.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "saeuron.cli", *args]
+    proc = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    units = 0
+    deadline = time.time() + 120
+    try:
+        while units < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            try:
+                with h5py.File(killed, "r", swmr=True) as f:
+                    units = f["progress"].shape[0]
+            except (OSError, KeyError):
+                continue
+        assert proc.poll() is None, "the caching run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 2 <= units < 9
+    with pytest.raises(OSError):  # a killed SWMR writer leaves the file flagged as open
+        h5py.File(killed, "r+", libver="latest").close()
+    assert cli.main([*args, "--out", str(killed)]) == 2  # exists: refused without --resume
+    # every run in a fresh process: the same unit computed in-process can differ in the last bit (MKL)
+    for out in ([str(killed), "--resume"], [str(tmp_path / "whole.h5")]):
+        done = subprocess.run([*command, "--out", *out], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    _assert_same(killed, tmp_path / "whole.h5")
+    info = cache.open_store(killed)
+    assert info.complete and info.prompts[1] == {"prompt": "a square in neon style", "style": "", "object": ""}
+
+
+def test_shards_with_manifest(pipe, store, tmp_path, monkeypatch):
+    path, _ = store
+    folder = tmp_path / "sharded.h5"
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert cache.cache_activations(pipe, PROMPTS, folder, CONFIG, progress=False) == folder
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    manifest = json.loads((folder / cache.MANIFEST).read_text())
+    assert len(manifest["shards"]) == 2
+    info, single = cache.open_store(folder), cache.open_store(path)
+    assert info.rows == single.rows and info.complete and info.prompts == PROMPTS
+    for hp in (HP1, HP2):
+        a, b = cache.read_rows(folder, hp), cache.read_rows(path, hp)
+        assert torch.equal(a, b)  # units are interleaved over ranks, and shard 1 holds the last unit
+        assert sum(len(x) for x in cache.iter_batches(folder, hp, batch_size=999, concept=("style", "neon"))) == int(
+            np.isin(cache.row_provenance(path, hp)["prompt"], [0, 1]).sum()
+        )
