@@ -51,3 +51,21 @@ def test_generate_cli_with_ablation(tiny_run, tmp_path):
                  str(tiny_run / "saes" / TINY_HOOKPOINT), "--ablate", "style:neon", "--multiplier", "-5", "--percentile", "99",
                  "--out", str(out)]) == 0
     assert json.loads((out / "index.json").read_text())[0]["prompt"] == "a star in neon style"
+
+
+def test_evaluate_writes_unlearncanvas_schema_and_report(tiny_run, minicanvas_pipe, tmp_path):
+    from saeuron.evaluate import run_evaluation
+
+    sae_dir = tiny_run / "saes" / TINY_HOOKPOINT
+    out = tmp_path / "results.json"
+    res = run_evaluation(sae_dir, ["style:neon"], [0], None, SamplerConfig(steps=2), False, out, tmp_path / "report",
+                         pipe=minicanvas_pipe)
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"targets", "mean", "base", "config"}
+    m = saved["targets"]["style:neon"]
+    assert all(0 <= m[k] <= 100 for k in ("UA", "IRA", "CRA"))
+    assert set(saved["mean"]) == {"style"} and saved["mean"]["style"]["UA"] == m["UA"]
+    assert "changed_label_share" in m["fidelity"]
+    assert (tmp_path / "report" / "report.md").read_text().startswith("| target |")
+    assert (tmp_path / "report" / "base.png").exists()
+    assert res["targets"] == saved["targets"]
