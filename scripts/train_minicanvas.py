@@ -6,12 +6,14 @@
 Every `--checkpoint-every` steps the full training state goes to `--work-dir` (atomic
 write) and the EMA weights are exported, in float16, to the shipped pipeline folder.
 Each step's batch and noise are a function of (seed, step), so a resumed run is the
-same run.
+same run. Without `state.pt` (a fresh machine: the optimiser state is not committed) it
+warm-starts from the shipped weights and the step recorded in their `training.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -118,6 +120,17 @@ def main():
         ema_te.load_state_dict(state["ema_te"])
         step = state["step"]
         print(f"resuming from step {step}", flush=True)
+    elif (args.export_dir / "training.json").exists():
+        # no optimiser state here (it is not committed): warm-start from the shipped EMA weights
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.export_dir / "unet").float().state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.export_dir / "text_encoder").float().state_dict())
+        ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True)
+        ema_te = EMAModel(text_encoder.parameters(), decay=args.ema_decay, use_ema_warmup=True)
+        step = json.loads((args.export_dir / "training.json").read_text())["step"]
+        print(f"warm-starting from the shipped weights of step {step} (fresh optimiser state)", flush=True)
     images, labels = training_set(args.images_per_pair, args.work_dir)
     images_t = torch.from_numpy(images)
     alphas = scheduler.alphas_cumprod
@@ -166,6 +179,7 @@ def main():
             torch.save(state, state_path.with_suffix(".tmp"))
             os.replace(state_path.with_suffix(".tmp"), state_path)
             export(unet, text_encoder, ema_unet, ema_te, tokenizer, args.export_dir)
+            (args.export_dir / "training.json").write_text(json.dumps({"step": step, **{k: str(v) for k, v in vars(args).items()}}, indent=1))
             log.flush()
     bar.close()
 
