@@ -538,9 +538,11 @@ def cache_activations(
         folder = out
         folder.mkdir(parents=True, exist_ok=True)
         shard_names = [f"shard-{r:04d}-of-{world:04d}.h5" for r in range(world)]
-        if rank == 0:
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": shard_names, "config": asdict(config)}
-            (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # every rank writes the same manifest atomically: no rank waits for another
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": shard_names, "config": asdict(config)}
+        tmp_manifest = folder / f".{MANIFEST}.{rank}.tmp"
+        tmp_manifest.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp_manifest, folder / MANIFEST)
         out = folder / shard_names[rank]
         my_units = list(range(rank, n_units, world))
         config_json = json.dumps({**asdict(config), "rank": rank, "world_size": world}, sort_keys=True)
@@ -626,15 +628,17 @@ def _cmd_cache(args) -> None:
         position_seed=args.position_seed,
     )
     check_config(config)
-    if Path(args.out).exists() and not args.resume:  # before the slow model load
+    rank, world = _dist()
+    if world == 1 and Path(args.out).exists() and not args.resume:  # before the slow model load (shards check their own file)
         raise UserError(f"{args.out!r} already exists; pass --resume to continue it, or choose another --out")
     pipe = load_pipeline(args.model)
     path = cache_activations(pipe, prompts, args.out, config, resume=args.resume, progress=not args.quiet)
+    if world > 1:  # the other ranks may still be writing: report this rank's shard only
+        print(f"rank {rank}/{world} done: its shard of {path} is complete")
+        return
     info = open_store(path)
     rows = ", ".join(f"{hp}: {n} rows x {info.widths[hp]}" for hp, n in info.rows.items())
-    rank, world = _dist()
-    who = f"rank {rank}/{world} done; store so far: " if world > 1 else ""
-    print(f"{who}wrote {path} ({info.units_done}/{info.units_total} batches; {rows})")
+    print(f"wrote {path} ({info.units_done}/{info.units_total} batches; {rows})")
 
 
 def register_cli(sub) -> None:
