@@ -21,6 +21,20 @@ def minicanvas_pipe():
 
 
 @pytest.fixture(scope="session")
+def random_minicanvas_pipe():
+    """A random-weight minicanvas pipeline (seeded): fast tests that need no trained weights."""
+    from saeuron.minicanvas.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
+    from saeuron.pipelines import MiniCanvasPipeline
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    pipe = MiniCanvasPipeline(unet=build_unet(), scheduler=build_scheduler(), text_encoder=build_text_encoder(len(tok.get_vocab())),
+                              tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     from tiny_models import tiny_sd_pipeline
 

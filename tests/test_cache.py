@@ -18,8 +18,7 @@ import torch
 
 from saeuron import cache, cli, hooks
 from saeuron.errors import UserError
-from saeuron.minicanvas.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
-from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, sample
+from saeuron.pipelines import SamplerConfig, sample
 
 HP1, HP2 = "up_blocks.1.attentions.1", "mid_block.attentions.0"
 PROMPTS = [
@@ -31,12 +30,8 @@ CONFIG = cache.CacheConfig(hookpoints=(HP1, HP2), seeds=(0, 1), steps=3, batch_s
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    p = MiniCanvasPipeline(unet=build_unet(), scheduler=build_scheduler(), text_encoder=build_text_encoder(len(tok.get_vocab())), tokenizer=tok)
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe(random_minicanvas_pipe):
+    return random_minicanvas_pipe
 
 
 @pytest.fixture(scope="module")

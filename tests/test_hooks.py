@@ -10,8 +10,7 @@ from einops import rearrange
 
 from saeuron import cli, hooks
 from saeuron.errors import UserError
-from saeuron.minicanvas.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
-from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, sample
+from saeuron.pipelines import SamplerConfig, sample
 
 HP1, HP2 = "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"
 PROMPTS = ["a circle in neon style", "a star"]
@@ -20,12 +19,8 @@ CFG = SamplerConfig(steps=3, cfg=4.0, batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    p = MiniCanvasPipeline(unet=build_unet(), scheduler=build_scheduler(), text_encoder=build_text_encoder(len(tok.get_vocab())), tokenizer=tok)
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe(random_minicanvas_pipe):
+    return random_minicanvas_pipe
 
 
 @pytest.fixture(scope="module")
