@@ -183,10 +183,45 @@ class _StepTracker:
 # ---------------------------------------------------------------- capture
 
 
+class _StepHooks:
+    """Hooks that know the denoising step, registered on `with` entry and always removed on exit."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.tracker = _StepTracker()
+        self._handles: list = []
+
+    def on_step(self, step_index: int, timestep: int) -> None:
+        """Tell the hooks which denoising step the next UNet call is."""
+        self.tracker.on_step(step_index, timestep)
+
+    def _register(self) -> list:
+        """Register this object's module hooks; return their handles."""
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self._handles.append(self.pipe.unet.register_forward_pre_hook(self.tracker.unet_pre_hook, with_kwargs=True))
+            self._handles.extend(self._register())
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
 Sink = Callable[[str, int, int, str, torch.Tensor], None]
 
 
-class Capture:
+class Capture(_StepHooks):
     """Context manager recording hookpoint activations; pass `.on_step` to `pipelines.sample`."""
 
     def __init__(
@@ -206,7 +241,7 @@ class Capture:
             hookpoints = [hookpoints]
         if not hookpoints:
             raise UserError(f"no hookpoints given; valid hookpoints: {_valid_list(pipe)}")
-        self.pipe = pipe
+        super().__init__(pipe)
         self.modules = {_strip(p): resolve_module(pipe, p) for p in hookpoints}
         self.sink = sink
         self.branches = CFG_BRANCHES if branch == "both" else (branch,)
@@ -216,12 +251,6 @@ class Capture:
             wanted = {int(s) for s in steps}
             self._want = lambda i, t: i in wanted
         self.capture = capture
-        self.tracker = _StepTracker()
-        self._handles: list = []
-
-    def on_step(self, step_index: int, timestep: int) -> None:
-        """Tell the hooks which denoising step the next UNet call is."""
-        self.tracker.on_step(step_index, timestep)
 
     def _active(self) -> bool:
         tr = self.tracker
@@ -249,24 +278,8 @@ class Capture:
 
         return hook
 
-    def __enter__(self) -> "Capture":
-        try:
-            self._handles.append(self.pipe.unet.register_forward_pre_hook(self.tracker.unet_pre_hook, with_kwargs=True))
-            for path, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._make_hook(path), with_kwargs=True))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        """Remove every hook (idempotent)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+    def _register(self) -> list:
+        return [module.register_forward_hook(self._make_hook(path), with_kwargs=True) for path, module in self.modules.items()]
 
 
 def capture(pipe, hookpoints: Sequence[str], sink: Sink, branch: str = "cond", steps=None, capture: str = "output") -> Capture:
@@ -277,20 +290,14 @@ def capture(pipe, hookpoints: Sequence[str], sink: Sink, branch: str = "cond", s
 # ---------------------------------------------------------------- intervention
 
 
-class Intervention:
+class Intervention(_StepHooks):
     """Context manager replacing a block's output on both CFG halves with `fn(acts_btd, step_index, timestep)`."""
 
     def __init__(self, pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor]):
-        self.pipe = pipe
+        super().__init__(pipe)
         self.path = _strip(hookpoint)
         self.module = resolve_module(pipe, hookpoint)
         self.fn = fn
-        self.tracker = _StepTracker()
-        self._handles: list = []
-
-    def on_step(self, step_index: int, timestep: int) -> None:
-        """Tell the hook which denoising step the next UNet call is."""
-        self.tracker.on_step(step_index, timestep)
 
     def _hook(self, module, args, output):
         out = _main_tensor(output)
@@ -303,23 +310,8 @@ class Intervention:
             raise UserError(f"intervention on {self.path!r} must return a tensor of shape {tuple(acts_btd.shape)}, got {got}")
         return _replace_main_tensor(output, from_tokens(new.to(out.dtype), out))
 
-    def __enter__(self) -> "Intervention":
-        try:
-            self._handles.append(self.pipe.unet.register_forward_pre_hook(self.tracker.unet_pre_hook, with_kwargs=True))
-            self._handles.append(self.module.register_forward_hook(self._hook))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        """Remove the hooks (idempotent)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+    def _register(self) -> list:
+        return [self.module.register_forward_hook(self._hook)]
 
 
 def intervene(pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor]) -> Intervention:
