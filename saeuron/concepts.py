@@ -171,11 +171,10 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
             continue
         latents = sae.encode(read_rows(cache_path, hookpoint, start, stop)[torch.from_numpy(mask)])
         sums.index_add_(0, torch.from_numpy(group[start:stop][mask]), latents.double())
-    steps = sorted(set(uniq[:, 2].tolist()))
+    steps, first_row = np.unique(prov["step"], return_index=True)  # vectorised: stores hold millions of rows
+    steps = steps.tolist()
     step_row = {s: i for i, s in enumerate(steps)}
-    timesteps = np.zeros(len(steps), np.int64)
-    for s, t in zip(prov["step"], prov["timestep"]):
-        timesteps[step_row[int(s)]] = int(t)
+    timesteps = prov["timestep"][first_row].astype(np.int64)
     concepts = sorted({c for p in info.prompts for c in image_concepts(p)}, key=lambda c: (not c.startswith("style"), c))
     acc = ConceptMeanAccumulator(concepts, len(steps), n_feat)
     means = (sums / torch.from_numpy(np.maximum(counts, 1))[:, None]).numpy()
