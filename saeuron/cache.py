@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -402,14 +403,27 @@ def _chunk_rows(width: int) -> int:
     return int(max(64, min(1 << 16, (1 << 20) // (2 * width))))
 
 
-class _Writer:
-    """Appends rows to one store file in SWMR mode and commits units."""
+COMMIT_MB = 64  # default: units are buffered in memory and committed to disk in writes of about this size
+COMMIT_SECONDS = 60.0  # ... or at least this often, so that a kill loses at most about a minute of work
 
-    def __init__(self, path: Path):
+
+class _Writer:
+    """Appends rows to one store file in SWMR mode; buffers finished units and commits them in large writes.
+
+    Memory is bounded by `commit_bytes` plus one unit, whatever the number of prompts. A kill
+    loses only the units not yet committed; `--resume` recomputes them.
+    """
+
+    def __init__(self, path: Path, commit_bytes: int = COMMIT_MB << 20, commit_seconds: float = COMMIT_SECONDS):
         self.f = h5py.File(path, "r+", libver="latest")
         self.names = json.loads(self.f.attrs["config"])["hookpoints"]
         self.f.swmr_mode = True
-        self.rows = {hp: int(self.f["acts"][hp].shape[0]) for hp in self.names}
+        self.commit_bytes, self.commit_seconds = commit_bytes, commit_seconds
+        self.rows = {hp: int(self.f["acts"][hp].shape[0]) for hp in self.names}  # including buffered rows
+        self._buffer: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {hp: [] for hp in self.names}
+        self._buffered_bytes = 0
+        self._pending_units: list[list[int]] = []  # cumulative rows after each finished, uncommitted unit
+        self._last_commit = time.monotonic()
 
     @staticmethod
     def create(path: Path, config_json: str, prompts: list[dict], widths: dict[str, int]) -> None:
@@ -428,26 +442,54 @@ class _Writer:
             f.create_dataset("progress", shape=(0, len(widths)), maxshape=(None, len(widths)), chunks=(1024, len(widths)), dtype=np.int64)
 
     def append(self, hp: str, acts: np.ndarray, prov: dict[str, np.ndarray]) -> None:
-        n0, n = self.rows[hp], len(acts)
-        d = self.f["acts"][hp]
-        d.resize(n0 + n, axis=0)
-        d[n0:] = acts
-        g = self.f["rows"][hp]
-        for key in PROVENANCE:
-            g[key].resize(n0 + n, axis=0)
-            g[key][n0:] = prov[key]
-        self.rows[hp] = n0 + n
+        """Buffer rows of the current unit (written to disk at the next commit)."""
+        self._buffer[hp].append((acts, prov))
+        self._buffered_bytes += acts.nbytes + sum(v.nbytes for v in prov.values())
+        self.rows[hp] += len(acts)
+
+    def end_unit(self) -> None:
+        """Mark the current unit finished; commit if the buffer is large or old enough."""
+        self._pending_units.append([self.rows[hp] for hp in self.names])
+        if self._buffered_bytes >= self.commit_bytes or time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.commit()
 
     def commit(self) -> None:
-        """Make the rows written so far durable, then record the unit as done."""
-        self.f.flush()
+        """Write the buffered rows (one write per dataset), make them durable, then record their units as done."""
+        if not self._pending_units:
+            return
+        self._write_rows()
+        self._write_progress()
+        self._pending_units.clear()
+        self._buffered_bytes = 0
+        self._last_commit = time.monotonic()
+
+    def _write_rows(self) -> None:
+        """Append the buffered rows to their datasets and flush them."""
+        for hp, parts in self._buffer.items():
+            if not parts:
+                continue
+            n1 = self.rows[hp]
+            d = self.f["acts"][hp]
+            n0 = d.shape[0]
+            d.resize(n1, axis=0)
+            d[n0:n1] = np.concatenate([a for a, _ in parts])
+            g = self.f["rows"][hp]
+            for key in PROVENANCE:
+                g[key].resize(n1, axis=0)
+                g[key][n0:n1] = np.concatenate([p[key] for _, p in parts])
+            parts.clear()
+        self.f.flush()  # rows first: a progress row never points past durable rows
+
+    def _write_progress(self) -> None:
+        """Record the finished units whose rows are on disk."""
         prog = self.f["progress"]
         n = prog.shape[0]
-        prog.resize(n + 1, axis=0)
-        prog[n] = [self.rows[hp] for hp in self.names]
+        prog.resize(n + len(self._pending_units), axis=0)
+        prog[n:] = self._pending_units
         self.f.flush()
 
     def close(self) -> None:
+        """Close the file; buffered units of an unfinished run are dropped (not committed)."""
         self.f.close()
 
 
@@ -512,14 +554,18 @@ def cache_activations(
     resume: bool = False,
     progress: bool = True,
     on_images: Callable[[int, torch.Tensor], None] | None = None,
+    commit_mb: float = COMMIT_MB,
 ) -> Path:
     """Sample every prompt x seed and store the hookpoints' activations; resumable by units of one batch.
 
     Under torchrun / accelerate launch (WORLD_SIZE > 1) each process takes every WORLD_SIZE-th
     unit and `out` becomes a folder of shards with a manifest. `on_images(unit, images)` sees
-    each batch's generated images. Returns the store path.
+    each batch's generated images. Finished units are committed in writes of about `commit_mb`
+    MiB (0: after every unit) or once a minute. Returns the store path.
     """
     check_config(config)
+    if not commit_mb >= 0:
+        raise UserError(f"commit size must be >= 0 MiB, got {commit_mb!r}")
     table = prompt_table(prompts)
     check_prompts(pipe, [r["prompt"] for r in table])
     hps = [get_hookpoint(pipe, h) for h in config.hookpoints]
@@ -557,7 +603,7 @@ def cache_activations(
     if done >= len(my_units):
         return out.parent if world > 1 else out
 
-    writer = _Writer(out)
+    writer = _Writer(out, commit_bytes=int(commit_mb * 2**20))
     try:
         unit_start = 0  # index of the unit's first pair, read by the sink
 
@@ -591,9 +637,10 @@ def cache_activations(
                 unit_start = u * config.batch_size
                 unit = pairs[unit_start : unit_start + config.batch_size]
                 images = sample(pipe, [table[pi]["prompt"] for pi, _ in unit], [s for _, s in unit], sampler, on_step=cap.on_step)
-                writer.commit()
+                writer.end_unit()
                 if on_images is not None:
                     on_images(u, images)
+        writer.commit()
     finally:
         writer.close()
     return out.parent if world > 1 else out
@@ -632,7 +679,7 @@ def _cmd_cache(args) -> None:
     if world == 1 and Path(args.out).exists() and not args.resume:  # before the slow model load (shards check their own file)
         raise UserError(f"{args.out!r} already exists; pass --resume to continue it, or choose another --out")
     pipe = load_pipeline(args.model)
-    path = cache_activations(pipe, prompts, args.out, config, resume=args.resume, progress=not args.quiet)
+    path = cache_activations(pipe, prompts, args.out, config, resume=args.resume, progress=not args.quiet, commit_mb=args.commit_mb)
     if world > 1:  # the other ranks may still be writing: report this rank's shard only
         print(f"rank {rank}/{world} done: its shard of {path} is complete")
         return
@@ -659,6 +706,7 @@ def register_cli(sub) -> None:
     p.add_argument("--positions", default="all", help="spatial positions to keep: all or random:K per image and step")
     p.add_argument("--position-seed", type=int, default=0, help="seed of the random:K position choice (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options")
+    p.add_argument("--commit-mb", type=float, default=COMMIT_MB, help=f"commit finished batches to disk in writes of about this many MiB, or once a minute (default {COMMIT_MB}; 0 = after every batch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_cache)
 

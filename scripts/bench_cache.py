@@ -1,8 +1,11 @@
-"""Benchmark activation caching: caching time / plain generation time, and store write speed vs a plain file write.
+"""Benchmark activation caching: caching time / plain generation time, store write speed vs a plain file write,
+and peak memory against the number of prompts.
 
     OMP_NUM_THREADS=1 python scripts/bench_cache.py [--model minicanvas] [--prompts 8] [--steps 10]
+        [--memory-prompts 20,80 --commit-mb 8]
 
-Prints the ratios measured in this run (same prompts, seeds, steps; 2 hookpoints).
+Prints the ratios measured in this run (same prompts, seeds, steps; 2 hookpoints). Peak memory
+(max RSS) is measured in a fresh process per prompt count, caching with the given commit size.
 Without shipped minicanvas weights it falls back to a random-weight minicanvas (same compute).
 """
 
@@ -11,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +48,23 @@ def _pipeline(name: str):
         return pipe, "minicanvas (random weights: shipped weights missing)"
 
 
+def _peak_rss_run(model: str, n_prompts: int, steps: int, batch_size: int, commit_mb: float) -> None:
+    """Cache `n_prompts` minicanvas prompts into a temporary store; print this process's peak RSS (MiB)."""
+    pipe, _ = _pipeline(model)
+    prompts = (all_prompts() * (n_prompts // len(all_prompts()) + 1))[:n_prompts]
+    config = cache.CacheConfig(model=model, hookpoints=HOOKPOINTS, seeds=(0,), steps=steps, batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = cache.cache_activations(pipe, prompts, Path(tmp) / "mem.h5", config, progress=False, commit_mb=commit_mb)
+        stored = sum(cache.open_store(out).rows.values())
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": stored}))
+
+
+def _peak_rss(args, n_prompts: int) -> dict:
+    cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--commit-mb", str(args.commit_mb), "--rss-run", str(n_prompts)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minicanvas")
@@ -49,7 +72,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    ap.add_argument("--memory-prompts", default="", help="comma-separated prompt counts for the peak-memory runs, e.g. 20,80")
+    ap.add_argument("--commit-mb", type=float, default=cache.COMMIT_MB, help="commit size of the store writer")
+    ap.add_argument("--rss-run", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_run:
+        _peak_rss_run(args.model, args.rss_run, args.steps, args.batch_size, args.commit_mb)
+        return
 
     pipe, label = _pipeline(args.model)
     prompts = all_prompts()[: args.prompts]
@@ -66,7 +95,7 @@ def main() -> None:
             gen.append(time.perf_counter() - t)
             out = Path(tmp) / f"bench{r}.h5"
             t = time.perf_counter()
-            cache.cache_activations(pipe, prompts, out, config, progress=False)
+            cache.cache_activations(pipe, prompts, out, config, progress=False, commit_mb=args.commit_mb)
             cached.append(time.perf_counter() - t)
         info = cache.open_store(out)
 
@@ -80,13 +109,17 @@ def main() -> None:
             path = Path(tmp) / f"write{r}.h5"
             cache._Writer.create(path, json.dumps(info.config, sort_keys=True), info.prompts, info.widths)
             t = time.perf_counter()
-            w = cache._Writer(path)
+            w = cache._Writer(path, commit_bytes=int(args.commit_mb * 2**20))
             per_unit = max(1, len(rows[HOOKPOINTS[0]]) // info.units_total)
             for start in range(0, len(rows[HOOKPOINTS[0]]), per_unit):
                 for h in HOOKPOINTS:
                     w.append(h, rows[h][start : start + per_unit], {k: v[start : start + per_unit] for k, v in prov[h].items()})
-                w.commit()
+                w.end_unit()
+            w.commit()
             w.close()
+            fd = os.open(path, os.O_RDONLY)  # durable on disk, as the plain write below
+            os.fsync(fd)
+            os.close(fd)
             store_t.append(time.perf_counter() - t)
             t = time.perf_counter()
             with open(Path(tmp) / f"plain{r}.bin", "wb") as f:
@@ -103,6 +136,9 @@ def main() -> None:
     print(f"model: {label}; {len(prompts)} prompts x 1 seed, {args.steps} steps, hookpoints {', '.join(HOOKPOINTS)}")
     print(f"plain generation: {g:.2f} s; generation + caching: {c:.2f} s; ratio caching/generation = {c / g:.2f}")
     print(f"activations + provenance: {mb:.1f} MiB; store write {mb / s:.1f} MiB/s vs plain sequential write {mb / p:.1f} MiB/s; ratio = {(mb / s) / (mb / p):.2f}")
+    for n in [int(x) for x in args.memory_prompts.split(",") if x.strip()]:
+        r = _peak_rss(args, n)
+        print(f"peak memory caching {n} prompts ({r['rows']} rows, commit {args.commit_mb:g} MiB): {r['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ def parse_args():
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=0.0,
+        help="min-SNR loss weighting (0 = plain v-loss; it weights the high-noise steps, where the object's layout is decided, more)",
+    )
     p.add_argument("--images-per-pair", type=int, default=60, help="training renders per style x object")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -150,9 +156,11 @@ def main():
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         pred = unet(xt, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
         target = scheduler.get_velocity(x0, noise, t)  # v-prediction
-        snr = compute_snr(scheduler, t)
-        weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 weighting for v-prediction
-        loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        if args.min_snr_gamma > 0:  # min-SNR-gamma weighting, in its v-prediction form
+            snr = compute_snr(scheduler, t)
+            per_image = per_image * torch.clamp(snr, max=args.min_snr_gamma) / (snr + 1)
+        loss = per_image.mean()
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr

@@ -182,24 +182,23 @@ def test_timesteps_positions_and_residual(pipe, tmp_path):
 def test_resume_drops_partial_unit(pipe, store, tmp_path, monkeypatch):
     config = replace(CONFIG, batch_size=1, steps=2)
     full = cache.cache_activations(pipe, PROMPTS[:2], tmp_path / "full.h5", config, progress=False)
-    commit = cache._Writer.commit
+    write_progress = cache._Writer._write_progress
     calls = {"n": 0}
 
-    def failing_commit(self):
+    def failing_write_progress(self):
         calls["n"] += 1
         if calls["n"] == 3:  # the rows of unit 3 are written but never committed
-            self.f.flush()
             raise KeyboardInterrupt
-        commit(self)
+        write_progress(self)
 
-    monkeypatch.setattr(cache._Writer, "commit", failing_commit)
+    monkeypatch.setattr(cache._Writer, "_write_progress", failing_write_progress)
     part = tmp_path / "part.h5"
     with pytest.raises(KeyboardInterrupt):
-        cache.cache_activations(pipe, PROMPTS[:2], part, config, progress=False)
+        cache.cache_activations(pipe, PROMPTS[:2], part, config, progress=False, commit_mb=0)
     with h5py.File(part, "r") as f:
         assert f["progress"].shape[0] == 2 and f["acts"][HP1].shape[0] > f["progress"][1][0]
     assert cache.open_store(part).rows[HP1] == 2 * 2 * 2 * 256  # readers see only committed units
-    monkeypatch.setattr(cache._Writer, "commit", commit)
+    monkeypatch.setattr(cache._Writer, "_write_progress", write_progress)
     cache.cache_activations(pipe, PROMPTS[:2], part, config, resume=True, progress=False)
     _assert_same(part, full)
 
@@ -209,7 +208,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pipe, tmp_path):
     pipe.save_pretrained(model)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a circle\na square in neon style\na star\n")
-    args = ["cache", "--model", str(model), "--hookpoints", f"{HP1},{HP2}", "--prompts", str(prompts), "--seeds", "0-2", "--steps", "2", "--batch-size", "1", "--quiet"]
+    args = ["cache", "--model", str(model), "--hookpoints", f"{HP1},{HP2}", "--prompts", str(prompts), "--seeds", "0-2", "--steps", "2", "--batch-size", "1", "--commit-mb", "0", "--quiet"]
     killed = tmp_path / "killed.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "saeuron.cli", *args]
@@ -269,7 +268,7 @@ def test_two_processes_under_torchrun_write_shards_that_read_as_one_store(pipe, 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a circle\na square in neon style\na star\na ring in lava style\n")
     args = ["cache", "--model", str(model), "--hookpoints", HP1, "--prompts", str(prompts), "--seeds", "0", "--steps", "2",
-            "--batch-size", "1", "--quiet"]
+            "--batch-size", "1", "--commit-mb", "0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sharded = tmp_path / "sharded.h5"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
