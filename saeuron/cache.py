@@ -296,7 +296,7 @@ def read_rows(path: str | Path, hookpoint: str, start: int = 0, stop: int | None
     return torch.from_numpy(np.concatenate(parts).astype(np.float32)) if parts else torch.zeros(0, width)
 
 
-def _row_filter(info: StoreInfo, timesteps, steps, branch, concept) -> Callable[[dict], np.ndarray] | None:
+def _row_filter(info: StoreInfo, timesteps=None, steps=None, branch=None, concept=None, prompts=None) -> Callable[[dict], np.ndarray] | None:
     """A function from a block's provenance columns to a boolean mask, or None when every row is kept."""
     tests = []
     if timesteps is not None:
@@ -314,14 +314,45 @@ def _row_filter(info: StoreInfo, timesteps, steps, branch, concept) -> Callable[
         kind, name = concept
         if kind not in ("style", "object"):
             raise UserError(f"unknown concept kind {kind!r}; valid kinds: style, object")
-        psel = np.array([i for i, row in enumerate(info.prompts) if row[kind] == name], dtype=np.int64)
-        if psel.size == 0:
+        csel = np.array([i for i, row in enumerate(info.prompts) if row[kind] == name], dtype=np.int64)
+        if csel.size == 0:
             present = sorted({row[kind] for row in info.prompts if row[kind]})
             raise UserError(f"no prompt of {kind} {name!r} in {info.path!r}; its {kind}s: {', '.join(present) or '(none labelled)'}")
+        tests.append(lambda p: np.isin(p["prompt"], csel))
+    if prompts is not None:
+        psel = np.unique(np.asarray(prompts, dtype=np.int64))
         tests.append(lambda p: np.isin(p["prompt"], psel))
     if not tests:
         return None
     return lambda p: np.logical_and.reduce([t(p) for t in tests])
+
+
+def _provenance_blocks(info: StoreInfo, hookpoint: str, block_rows: int = PROVENANCE_CHUNK) -> Iterator[dict[str, np.ndarray]]:
+    """Provenance columns of the committed rows, block by block over the shards (bounded memory)."""
+    for shard in info.shards:
+        with _open_read(Path(shard)) as f:
+            n = _committed(f)[1][hookpoint]
+            cols = {k: _ds(f, f"rows/{hookpoint}/{k}") for k in PROVENANCE}
+            for lo in range(0, n, block_rows):
+                yield {k: d[lo : min(lo + block_rows, n)] for k, d in cols.items()}
+
+
+def prompts_with_rows(path: str | Path, hookpoint: str) -> np.ndarray:
+    """The sorted distinct prompt indices of a hookpoint's committed rows."""
+    info = open_store(path)
+    _check_hookpoint(info, hookpoint)
+    found = np.zeros(0, np.int64)
+    for p in _provenance_blocks(info, hookpoint):
+        found = np.union1d(found, p["prompt"])
+    return found
+
+
+def count_rows(path: str | Path, hookpoint: str, prompts: Sequence[int] | None = None, timesteps: Sequence[int] | None = None, **filters) -> int:
+    """Committed rows of a hookpoint that pass the filters of `iter_batches` (reads provenance only)."""
+    info = open_store(path)
+    _check_hookpoint(info, hookpoint)
+    keep = _row_filter(info, timesteps=timesteps, prompts=prompts, **filters)
+    return sum(int(keep(p).sum()) if keep is not None else len(p["prompt"]) for p in _provenance_blocks(info, hookpoint))
 
 
 def iter_batches(
@@ -336,19 +367,27 @@ def iter_batches(
     buffer_rows: int = 1 << 18,
     steps: Sequence[int] | None = None,
     drop_last: bool = False,
+    prompts: Sequence[int] | None = None,
+    epochs: int | None = 1,
 ) -> Iterator[torch.Tensor]:
     """Float32 batches (batch, width) of committed rows; shuffled through a buffer of at most ~buffer_rows rows.
 
     Shuffling reads whole chunks in random order into the buffer and permutes the buffer,
-    so memory stays bounded by the buffer whatever the store's size. Filters: timestep
-    values, step indices, CFG branch ('cond'/'uncond'), concept ('style', 'neon').
+    so memory stays bounded by the buffer (or one batch, if larger) whatever the store's size.
+    Filters: timestep values, step indices, CFG branch ('cond'/'uncond'), concept ('style',
+    'neon'), prompt indices. `epochs=None` repeats forever, reshuffled each epoch; rows left
+    over at the end of an epoch open the next, so every batch is full until the last, which
+    `drop_last` drops when short. A selection without rows is a UserError.
     """
     if batch_size < 1 or buffer_rows < 1:
         raise UserError(f"batch_size and buffer_rows must be >= 1, got {batch_size} and {buffer_rows}")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"epochs must be >= 1 or None (endless), got {epochs}")
     info = open_store(path)
     _check_hookpoint(info, hookpoint)
-    keep = _row_filter(info, timesteps, steps, branch, concept)
+    keep = _row_filter(info, timesteps, steps, branch, concept, prompts)
     rng = np.random.default_rng(seed)
+    fill = max(buffer_rows, batch_size)
     files = [_open_read(Path(s)) for s in info.shards]
     try:
         blocks = []
@@ -359,14 +398,12 @@ def iter_batches(
                 _ds(f, f"rows/{hookpoint}/{k}")
             step = max(chunk, (min(buffer_rows, 1 << 16) // chunk) * chunk) if not shuffle else chunk
             blocks += [(fi, s, min(s + step, n)) for s in range(0, n, step)]
-        if shuffle:
-            blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         pending = np.zeros((0, info.widths[hookpoint]), np.float16)
         buffer: list[np.ndarray] = []
         filled = 0
 
         def drain(final: bool):
-            nonlocal pending
+            nonlocal pending, filled
             data = np.concatenate([pending, *buffer]) if buffer else pending
             buffer.clear()
             if shuffle:
@@ -375,21 +412,36 @@ def iter_batches(
             for s in range(0, full, batch_size):
                 yield torch.from_numpy(data[s : s + batch_size].astype(np.float32))
             pending = data[full:]
+            filled = len(pending)
             if final and len(pending) and not drop_last:
                 yield torch.from_numpy(pending.astype(np.float32))
 
-        for fi, lo, hi in blocks:
-            f = files[fi]
-            acts = f["acts"][hookpoint][lo:hi]
-            if keep is not None:
-                g = f["rows"][hookpoint]
-                acts = acts[keep({k: g[k][lo:hi] for k in PROVENANCE})]
-            buffer.append(acts)
-            filled += len(acts)
-            if filled >= buffer_rows:
-                yield from drain(final=False)
-                filled = len(pending)
-        yield from drain(final=True)
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            selected = 0
+            for i in rng.permutation(len(blocks)) if shuffle else range(len(blocks)):
+                fi, lo, hi = blocks[i]
+                f = files[fi]
+                if keep is None:
+                    acts = f["acts"][hookpoint][lo:hi]
+                else:
+                    g = f["rows"][hookpoint]
+                    mask = keep({k: g[k][lo:hi] for k in PROVENANCE})
+                    if not mask.any():
+                        continue
+                    acts = f["acts"][hookpoint][lo:hi][mask]
+                buffer.append(acts)
+                filled += len(acts)
+                selected += len(acts)
+                if filled >= fill:
+                    yield from drain(final=False)
+            if selected == 0:
+                given = [k for k, v in (("timesteps", timesteps), ("steps", steps), ("branch", branch), ("concept", concept), ("prompts", prompts)) if v is not None]
+                if not given:
+                    raise UserError(f"{info.path!r} holds no committed rows of {hookpoint!r} yet")
+                raise UserError(f"no rows of {hookpoint!r} in {info.path!r} match the selection ({', '.join(given)}); widen it")
+            epoch += 1
+            yield from drain(final=epochs is not None and epoch == epochs)
     finally:
         for f in files:
             f.close()

@@ -9,17 +9,19 @@ optimizer, scheduler and activation scaler) that `--resume` continues from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from .cache import count_rows, iter_batches, open_store, prompts_with_rows
 from .errors import UserError
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "standard")
@@ -110,204 +112,6 @@ def tensor_batches(acts: torch.Tensor, batch_size: int, seed: int = 0) -> Iterat
         for i in range(n_full):
             yield acts[order[i * batch_size:(i + 1) * batch_size]].float()
         carry = order[n_full * batch_size:]
-
-
-@dataclass
-class _Segment:
-    """The committed rows of one hookpoint in one store file (a sharded store has several)."""
-
-    acts: Any  # (rows, width) float16 h5py dataset
-    prompt: Any  # (rows,) int dataset
-    timestep: Any | None  # (rows,) dataset or None
-    n: int  # committed rows (a store being written may hold more)
-
-
-@dataclass
-class _StoreView:
-    """One hookpoint of an activation store, as segments of rows with their provenance."""
-
-    files: list  # open h5py.File objects
-    segments: list[_Segment]
-    width: int
-
-    @property
-    def n_rows(self) -> int:
-        return sum(s.n for s in self.segments)
-
-    def blocks(self, rows: int) -> list[tuple[int, int, int]]:
-        """(segment, start, stop) spans of at most `rows` rows covering every committed row."""
-        return [(i, a, min(a + rows, s.n)) for i, s in enumerate(self.segments) for a in range(0, s.n, rows)]
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-
-def _list_hookpoints(f) -> list[str]:
-    found: list[str] = []
-    if "acts" in f:
-        f["acts"].visititems(lambda name, obj: found.append(name) if hasattr(obj, "shape") else None)
-    return sorted(found)
-
-
-def _provenance(f, hookpoint: str, names: tuple[str, ...], n_rows: int):
-    """A per-row provenance array of a hookpoint, under any of `names`, in `rows/<hookpoint>/` or at the root."""
-    for name in names:
-        for key in (f"rows/{hookpoint}/{name}", name):
-            if key in f and getattr(f[key], "shape", None) is not None and f[key].shape[0] >= n_rows:
-                return f[key]
-    return None
-
-
-def _is_saeuron_store(path: Path) -> bool:
-    import h5py
-
-    if path.is_dir():
-        return True  # a sharded store folder; cache.open_store checks its manifest
-    try:
-        with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
-    except OSError:
-        return False
-    from .cache import FORMAT
-
-    return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
-
-
-def open_hookpoint(path: str | Path, hookpoint: str) -> _StoreView:
-    """Open the rows of one hookpoint of an activation store (the one place that knows its layout).
-
-    A `saeuron cache` store (file or sharded folder) is opened through `saeuron.cache`: committed
-    rows of `acts/<hookpoint>` with the per-row `rows/<hookpoint>/prompt` and `timestep`. Any
-    other HDF5 file with `acts/<hookpoint>` and a per-row `prompt_index` (or `prompt`) array is
-    read as is. Training needs the prompt of each row, to hold out whole images for validation,
-    which `cache.iter_batches` does not filter on yet.
-    """
-    import h5py
-
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"activation cache {str(path)!r} not found")
-    if _is_saeuron_store(p):
-        from . import cache
-
-        info = cache.open_store(p)
-        if hookpoint not in info.widths:
-            raise UserError(f"hookpoint {hookpoint!r} is not in {str(path)!r}; it holds: {', '.join(info.hookpoints)}")
-        files, segments = [], []
-        try:
-            for shard in info.shards:
-                f = cache._open_read(Path(shard))
-                files.append(f)
-                n = cache._committed(f)[1][hookpoint]
-                g = f["rows"][hookpoint]
-                segments.append(_Segment(f["acts"][hookpoint], g["prompt"], g["timestep"], n))
-        except Exception:
-            for f in files:
-                f.close()
-            raise
-        view = _StoreView(files, segments, info.widths[hookpoint])
-    else:
-        try:
-            f = h5py.File(p, "r")
-        except OSError as err:
-            raise UserError(f"{str(path)!r} is not a readable HDF5 activation cache ({err})") from None
-        key = f"acts/{hookpoint}"
-        if key not in f or not hasattr(f[key], "shape"):
-            available = _list_hookpoints(f)
-            f.close()
-            raise UserError(f"hookpoint {hookpoint!r} is not in {str(path)!r}; it holds: {', '.join(available) or 'no activations'}")
-        acts = f[key]
-        if acts.ndim != 2:
-            f.close()
-            raise UserError(f"{key} in {str(path)!r} has shape {acts.shape}; expected (rows, width)")
-        prompt = _provenance(f, hookpoint, ("prompt_index", "prompt"), acts.shape[0])
-        if prompt is None:
-            f.close()
-            raise UserError(f"{str(path)!r} has no per-row prompt index for {hookpoint!r}; it is needed to hold out validation images")
-        view = _StoreView([f], [_Segment(acts, prompt, _provenance(f, hookpoint, ("timestep",), acts.shape[0]), acts.shape[0])], acts.shape[1])
-    if view.n_rows == 0:
-        view.close()
-        raise UserError(f"{str(path)!r} holds no rows of {hookpoint!r} yet")
-    return view
-
-
-def _block_rows(view: _StoreView) -> int:
-    chunks = view.segments[0].acts.chunks
-    return max(4096, chunks[0] if chunks else 0)
-
-
-def _row_mask(seg: _Segment, start: int, stop: int, prompt_ids: np.ndarray | None, timesteps: Sequence[int] | None) -> np.ndarray:
-    mask = np.ones(stop - start, dtype=bool)
-    if prompt_ids is not None:
-        mask &= np.isin(seg.prompt[start:stop], prompt_ids)
-    if timesteps is not None:
-        if seg.timestep is None:
-            raise UserError("--timesteps given, but the store has no per-row timestep")
-        mask &= np.isin(seg.timestep[start:stop], np.asarray(timesteps))
-    return mask
-
-
-def unique_prompts(view: _StoreView) -> np.ndarray:
-    """The distinct prompt indices of the hookpoint's rows, read block by block."""
-    found: set[int] = set()
-    for i, a, b in view.blocks(_block_rows(view) * 64):
-        found.update(np.unique(view.segments[i].prompt[a:b]).tolist())
-    return np.array(sorted(found), dtype=np.int64)
-
-
-def count_rows(view: _StoreView, prompt_ids: np.ndarray | None = None, timesteps: Sequence[int] | None = None) -> int:
-    """Rows of the hookpoint that belong to `prompt_ids` and `timesteps` (reads provenance only)."""
-    return int(sum(_row_mask(view.segments[i], a, b, prompt_ids, timesteps).sum() for i, a, b in view.blocks(_block_rows(view) * 64)))
-
-
-def store_batches(
-    view: _StoreView,
-    batch_size: int,
-    *,
-    prompt_ids: np.ndarray | None = None,
-    timesteps: Sequence[int] | None = None,
-    seed: int = 0,
-    buffer_rows: int = 262_144,
-    epochs: int | None = None,
-    drop_last: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Shuffled float32 (batch_size, width) batches streamed from the store with bounded memory.
-
-    Contiguous blocks are read in random order into a buffer of about `buffer_rows` rows,
-    which is shuffled and cut into batches. `epochs=None` repeats forever.
-    """
-    blocks = view.blocks(_block_rows(view))
-    rng = np.random.default_rng(seed)
-    epoch, carry = 0, np.zeros((0, view.width), dtype=np.float32)
-    while epochs is None or epoch < epochs:
-        buffer, buffered, selected = [carry], len(carry), 0
-        for j in rng.permutation(len(blocks)):
-            i, start, stop = blocks[j]
-            seg = view.segments[i]
-            mask = _row_mask(seg, start, stop, prompt_ids, timesteps)
-            if not mask.any():
-                continue
-            rows = seg.acts[start:stop][mask].astype(np.float32)
-            buffer.append(rows)
-            buffered += len(rows)
-            selected += len(rows)
-            if buffered >= buffer_rows:
-                rows = np.concatenate(buffer)[rng.permutation(buffered)]
-                n_full = len(rows) // batch_size
-                for k in range(n_full):
-                    yield torch.from_numpy(rows[k * batch_size:(k + 1) * batch_size])
-                buffer, buffered = [rows[n_full * batch_size:]], len(rows) - n_full * batch_size
-        if selected == 0:
-            raise UserError("no rows of the store match the selection (check --timesteps)")
-        rows = np.concatenate(buffer)[rng.permutation(buffered)]
-        n_full = len(rows) // batch_size
-        for k in range(n_full):
-            yield torch.from_numpy(rows[k * batch_size:(k + 1) * batch_size])
-        carry = rows[n_full * batch_size:]  # short epochs carry over, so every batch is full
-        epoch += 1
-    if not drop_last and len(carry):
-        yield torch.from_numpy(carry)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -427,39 +231,51 @@ def train(
     elif out.exists() and ((out / CONFIG_FILE).exists() or (out / CHECKPOINT_DIR).exists() or (out / "cfg.json").exists()):
         raise UserError(f"{str(out)!r} already holds an SAE run; pass --resume to continue it or choose another --out")
 
-    view = None
-    try:
+    data_seed = cfg.seed  # a resumed run draws a fresh order: the stream is not replayed
+    if checkpoint is not None:
+        data_seed = json.loads((checkpoint / RUN_STATE_FILE).read_text())["data_seed"] + 1
+    with contextlib.ExitStack() as stack:
         if data is None:
-            if cfg.cache is None:
-                raise UserError("no activation cache given; pass --cache FILE")
-            view = open_hookpoint(cfg.cache, cfg.hookpoint)
-            prompt_ids = unique_prompts(view)
-            if len(prompt_ids) < 2:
-                raise UserError(f"the store holds rows of {len(prompt_ids)} prompt(s); at least 2 are needed to hold out validation images")
-            is_val = validation_prompt_mask(prompt_ids, cfg.val_fraction)
-            train_ids, val_ids = prompt_ids[~is_val], prompt_ids[is_val]
-            cfg = _resolve(cfg, view.width)
-            n_train = count_rows(view, train_ids, cfg.timesteps)
-            if n_train < cfg.batch_size:
-                raise UserError(f"only {n_train} training rows for {cfg.hookpoint!r}, fewer than one batch ({cfg.batch_size}); lower --batch-size")
-            if cfg.tokens is None:
-                cfg = dataclasses.replace(cfg, tokens=n_train)
-            val_acts = next(store_batches(view, cfg.val_tokens, prompt_ids=val_ids, timesteps=cfg.timesteps, seed=cfg.seed + 1, epochs=1, drop_last=False), None)
-            if val_acts is None:
-                raise UserError("no validation rows selected (check --timesteps)")
-            split = {"train_prompts": len(train_ids), "val_prompts": len(val_ids)}
+            cfg, data, val_acts, split = _from_store(cfg, data_seed)
+            stack.enter_context(contextlib.closing(data))
         else:
             if val_acts is None or cfg.tokens is None:
                 raise ValueError("in-memory training needs val_acts and cfg.tokens")
             cfg = _resolve(cfg, int(val_acts.shape[1]))
             split = {}
-        return _fit(cfg, out, checkpoint, data, view, val_acts, split, train_ids if view is not None else None)
-    finally:
-        if view is not None:
-            view.close()
+        return _fit(cfg, out, checkpoint, data, data_seed, val_acts, split)
 
 
-def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, view, val_acts, split, train_ids) -> dict[str, Any]:
+def _from_store(cfg: TrainConfig, data_seed: int) -> tuple[TrainConfig, Iterator[torch.Tensor], torch.Tensor, dict[str, int]]:
+    """Hold out whole prompts of `cfg.cache`: (resolved config, endless training batches, validation rows, split sizes)."""
+    if cfg.cache is None:
+        raise UserError("no activation cache given; pass --cache FILE")
+    prompt_ids = prompts_with_rows(cfg.cache, cfg.hookpoint)
+    if len(prompt_ids) < 2:
+        raise UserError(f"the store holds rows of {len(prompt_ids)} prompt(s); at least 2 are needed to hold out validation images")
+    is_val = validation_prompt_mask(prompt_ids, cfg.val_fraction)
+    train_ids, val_ids = prompt_ids[~is_val], prompt_ids[is_val]
+    cfg = _resolve(cfg, open_store(cfg.cache).widths[cfg.hookpoint])
+    n_train = count_rows(cfg.cache, cfg.hookpoint, prompts=train_ids, timesteps=cfg.timesteps)
+    if n_train == 0 and cfg.timesteps is not None:
+        raise UserError(f"no rows of {cfg.hookpoint!r} at --timesteps {' '.join(map(str, cfg.timesteps))}; give timestep values as stored in the cache")
+    if n_train < cfg.batch_size:
+        raise UserError(f"only {n_train} training rows for {cfg.hookpoint!r}, fewer than one batch ({cfg.batch_size}); lower --batch-size")
+    if cfg.tokens is None:
+        cfg = dataclasses.replace(cfg, tokens=n_train)
+    val = iter_batches(cfg.cache, cfg.hookpoint, cfg.val_tokens, seed=cfg.seed + 1, timesteps=cfg.timesteps, prompts=val_ids,
+                       buffer_rows=max(cfg.buffer_rows, cfg.val_tokens))
+    with contextlib.closing(val):
+        try:
+            val_acts = next(val)  # one pass; the first batch holds at most val_tokens rows
+        except UserError:
+            raise UserError(f"no validation rows of {cfg.hookpoint!r} in the held-out prompts (check --timesteps)") from None
+    data = iter_batches(cfg.cache, cfg.hookpoint, cfg.batch_size, seed=data_seed, timesteps=cfg.timesteps, prompts=train_ids,
+                        buffer_rows=cfg.buffer_rows, epochs=None)
+    return cfg, data, val_acts, {"train_prompts": len(train_ids), "val_prompts": len(val_ids)}
+
+
+def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: int, val_acts, split) -> dict[str, Any]:
     from sae_lens import SAE, LoggingConfig, SAETrainer, TrainingSAE
     from sae_lens.config import SAETrainerConfig
 
@@ -482,16 +298,12 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, view, val_a
         logger=LoggingConfig(log_to_wandb=False),
     )
     sae = TrainingSAE.from_dict(_training_sae_config(cfg, cfg.hookpoint).to_dict())
-    elapsed_before, data_seed = 0.0, cfg.seed
+    elapsed_before = 0.0
     if checkpoint is not None:
         sae.load_weights_from_checkpoint(checkpoint)
-        state = json.loads((checkpoint / RUN_STATE_FILE).read_text())
-        elapsed_before = state["elapsed_s"]
-        data_seed = state["data_seed"] + 1  # a fresh order: the stream is not replayed
+        elapsed_before = json.loads((checkpoint / RUN_STATE_FILE).read_text())["elapsed_s"]
         print(f"saeuron train: resuming {out} from {checkpoint.name} tokens")
 
-    if data is None:
-        data = store_batches(view, cfg.batch_size, prompt_ids=train_ids, timesteps=cfg.timesteps, seed=data_seed, buffer_rows=cfg.buffer_rows)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / CONFIG_FILE, cfg.to_json())
 
@@ -608,7 +420,7 @@ def _cli_train(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     """Add `saeuron train`."""
     p = subparsers.add_parser("train", help="train an SAE on one hookpoint of an activation cache (sae-lens)")
-    p.add_argument("--cache", required=True, help="HDF5 activation cache")
+    p.add_argument("--cache", required=True, help="activation store written by `saeuron cache` (file or sharded folder)")
     p.add_argument("--hookpoint", required=True, help="hookpoint whose activations to train on")
     p.add_argument("--out", required=True, help="output folder (sae-lens format + train_config.json + metrics.json)")
     p.add_argument("--arch", default="batchtopk", choices=ARCHS, help="SAE architecture (default: batchtopk)")

@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_train.py [--width 320] [--rows 200000] [--steps 60]
 
-Writes a temporary store in the cache layout (float16 `acts/<hookpoint>`, chunked, with a
-per-row prompt_index), then trains the same SAE for the same number of steps from each
-source and prints tokens/s of each, the ratio, and the raw reader throughput.
+Writes a temporary activation store through the `saeuron cache` writer (one unit per prompt),
+then trains the same SAE for the same number of steps from each source and prints tokens/s
+of each, the ratio, and the raw reader throughput.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from saeuron.train import TrainConfig, open_hookpoint, store_batches, tensor_batches, train
+from saeuron import cache
+from saeuron.train import TrainConfig, tensor_batches, train
 
 HOOK = "up_blocks.1.attentions.1"
 
@@ -32,9 +32,18 @@ def write_store(path: Path, rows: int, width: int, rows_per_prompt: int = 256) -
         n = min(65536, rows - i)
         codes = torch.relu(torch.randn(n, 4 * width, generator=g) - 2.0)
         x[i:i + n] = (codes @ basis).half()
-    with h5py.File(path, "w") as f:
-        f.create_dataset(f"acts/{HOOK}", data=x.numpy(), chunks=(4096, width))
-        f.create_dataset(f"rows/{HOOK}/prompt_index", data=np.arange(rows) // rows_per_prompt)
+    n_prompts = -(-rows // rows_per_prompt)
+    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="bench", batch_size=1)
+    cache._Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: width})
+    w = cache._Writer(path)
+    for p, lo in enumerate(range(0, rows, rows_per_prompt)):  # one unit per prompt
+        n = min(rows_per_prompt, rows - lo)
+        prov = {k: np.zeros(n, dt) for k, dt in cache.PROVENANCE.items()}
+        prov["prompt"][:], prov["branch"][:], prov["position"][:] = p, 1, np.arange(n)
+        w.append(HOOK, x[lo:lo + n].numpy(), prov)
+        w.end_unit()
+    w.commit()
+    w.close()
     return x.float()
 
 
@@ -55,12 +64,12 @@ def main() -> None:
         x = write_store(tmp / "cache.h5", args.rows, args.width)
         print(f"wrote {args.rows} x {args.width} float16 store in {time.time() - t:.1f} s")
 
-        view = open_hookpoint(tmp / "cache.h5", HOOK)
+        batches = cache.iter_batches(tmp / "cache.h5", HOOK, args.batch_size, epochs=None)
         t, n = time.time(), 0
-        for _, batch in zip(range(args.steps), store_batches(view, args.batch_size)):
+        for _, batch in zip(range(args.steps), batches):
             n += len(batch)
         read_tps = n / (time.time() - t)
-        view.close()
+        batches.close()
         t, n = time.time(), 0
         for _, batch in zip(range(args.steps), tensor_batches(x, args.batch_size)):
             n += len(batch)

@@ -136,6 +136,27 @@ def test_iter_batches_filters(store):
         next(cache.iter_batches(path, "down_blocks.0"))
 
 
+def test_iter_batches_epochs_prompts_and_empty_selection(store):
+    path, _ = store
+    prov = cache.row_provenance(path, HP1)
+    every = cache.read_rows(path, HP1)
+    mask = np.isin(prov["prompt"], [0, 2]) & (prov["branch"] == 1)
+    batches = list(cache.iter_batches(path, HP1, batch_size=100, seed=3, buffer_rows=300, prompts=[2, 0], branch="cond", epochs=2))
+    assert all(len(b) == 100 for b in batches[:-1]) and sum(len(b) for b in batches) == 2 * int(mask.sum())
+    got, want = torch.cat(batches), torch.cat([every[mask]] * 2)
+    key = lambda t: np.lexsort(t.numpy().T[::-1])  # noqa: E731
+    assert torch.equal(got[key(got)], want[key(want)])  # every selected row exactly twice
+    endless = cache.iter_batches(path, HP1, batch_size=500, prompts=[1], epochs=None)
+    assert all(len(next(endless)) == 500 for _ in range(3 * int((prov["prompt"] == 1).sum()) // 500))  # past the first epoch, batches stay full
+    endless.close()
+    assert cache.count_rows(path, HP1, prompts=[0, 2], branch="cond") == int(mask.sum())
+    assert cache.count_rows(path, HP1) == len(every)
+    assert cache.prompts_with_rows(path, HP1).tolist() == [0, 1, 2]
+    for kwargs in (dict(timesteps=[-5]), dict(prompts=[]), dict(prompts=[7], epochs=None)):
+        with pytest.raises(UserError, match="no rows of .* match the selection"):
+            next(cache.iter_batches(path, HP1, **kwargs))
+
+
 def test_refusals(pipe, store, tmp_path):
     path, _ = store
     with pytest.raises(UserError, match="already exists; pass --resume"):
@@ -260,6 +281,8 @@ def test_shards_with_manifest(pipe, store, tmp_path, monkeypatch):
         assert sum(len(x) for x in cache.iter_batches(folder, hp, batch_size=999, concept=("style", "neon"))) == int(
             np.isin(cache.row_provenance(path, hp)["prompt"], [0, 1]).sum()
         )
+        assert cache.count_rows(folder, hp, prompts=[0, 1]) == cache.count_rows(path, hp, concept=("style", "neon"))
+        assert cache.prompts_with_rows(folder, hp).tolist() == [0, 1, 2]
 
 
 def test_two_processes_under_torchrun_write_shards_that_read_as_one_store(pipe, tmp_path):

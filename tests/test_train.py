@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from saeuron import cache
 from saeuron.cli import main
 from saeuron.errors import UserError
 from saeuron.sae import load_sae
@@ -18,8 +18,6 @@ from saeuron.train import (
     TrainConfig,
     default_k,
     evaluate_sae,
-    open_hookpoint,
-    store_batches,
     tensor_batches,
     train,
     validation_prompt_mask,
@@ -199,30 +197,38 @@ def test_resume_continues_an_interrupted_run(tmp_path, data):
 
 
 def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400) -> None:
-    """A tiny store in the cache layout: acts/<hookpoint> float16 + per-row prompt_index and timestep."""
+    """A tiny `saeuron cache` store, one unit per prompt, rows at timesteps 999, 500 and 1; column 0 holds the prompt index."""
     x = synthetic(n_prompts * rows_per_prompt, seed=3)
-    prompt_index = np.repeat(np.arange(n_prompts), rows_per_prompt)
-    timestep = np.tile(np.repeat([999, 500, 1], [134, 133, 133]), n_prompts)
-    x[:, 0] = torch.from_numpy(prompt_index).float()  # lets the test see which prompt a row came from
-    with h5py.File(path, "w") as f:
-        f.create_dataset(f"acts/{HOOK}", data=x.numpy().astype(np.float16), chunks=(512, D_IN))
-        f.create_dataset(f"rows/{HOOK}/prompt_index", data=prompt_index)
-        f.create_dataset(f"rows/{HOOK}/timestep", data=timestep)
+    prompt = np.repeat(np.arange(n_prompts), rows_per_prompt)
+    step = np.tile(np.repeat([0, 1, 2], [134, 133, 133]), n_prompts)
+    x[:, 0] = torch.from_numpy(prompt).float()  # lets the test see which prompt a row came from
+    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1)
+    cache._Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: D_IN})
+    w = cache._Writer(path)
+    for p in range(n_prompts):
+        rows = slice(p * rows_per_prompt, (p + 1) * rows_per_prompt)
+        prov = {k: np.zeros(rows_per_prompt, dt) for k, dt in cache.PROVENANCE.items()}
+        prov["prompt"][:], prov["step"][:], prov["branch"][:] = p, step[rows], 1
+        prov["timestep"][:] = np.array([999, 500, 1])[step[rows]]
+        w.append(HOOK, x[rows].numpy().astype(np.float16), prov)
+        w.end_unit()
+    w.commit()
+    w.close()
 
 
-def test_store_batches_stream_only_selected_rows(tmp_path):
+def test_iter_batches_streams_only_selected_rows(tmp_path):
     write_store(tmp_path / "cache.h5")
-    view = open_hookpoint(tmp_path / "cache.h5", HOOK)
-    try:
-        wanted = np.array([1, 4, 7])
-        seen = torch.cat([b for _, b in zip(range(10), store_batches(view, 300, prompt_ids=wanted, timesteps=[999], buffer_rows=1000))])
-        assert seen.shape == (3000, D_IN) and seen.dtype == torch.float32
-        assert set(seen[:, 0].round().int().tolist()) == {1, 4, 7}
-        assert not torch.equal(seen[:300, 0], seen[:300, 0].sort().values)  # shuffled
-        one_pass = list(store_batches(view, 500, prompt_ids=wanted, epochs=1, drop_last=False))
-        assert sum(len(b) for b in one_pass) == 1200
-    finally:
-        view.close()
+    wanted = [1, 4, 7]
+    endless = cache.iter_batches(tmp_path / "cache.h5", HOOK, 300, prompts=wanted, timesteps=[999], buffer_rows=1000, epochs=None)
+    seen = torch.cat([b for _, b in zip(range(10), endless)])  # 10 x 300 rows from 3 x 134 selected: several epochs
+    endless.close()
+    assert seen.shape == (3000, D_IN) and seen.dtype == torch.float32
+    assert set(seen[:, 0].round().int().tolist()) == {1, 4, 7}
+    assert not torch.equal(seen[:300, 0], seen[:300, 0].sort().values)  # shuffled
+    one_pass = list(cache.iter_batches(tmp_path / "cache.h5", HOOK, 500, prompts=wanted, epochs=1))
+    assert [len(b) for b in one_pass] == [500, 500, 200]
+    assert cache.count_rows(tmp_path / "cache.h5", HOOK, prompts=wanted, timesteps=[999]) == 3 * 134
+    assert cache.prompts_with_rows(tmp_path / "cache.h5", HOOK).tolist() == list(range(12))
 
 
 def test_cli_trains_from_store_with_held_out_prompts(tmp_path, capsys):
@@ -247,6 +253,11 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["train", "--cache", str(tmp_path / "missing.h5"), "--hookpoint", HOOK, "--out", str(tmp_path / "o")]) == 2
     assert main(["train", "--cache", str(tmp_path / "cache.h5"), "--hookpoint", HOOK, "--out", str(tmp_path / "o"), "--k", "0"]) == 2
     assert "--k 0" in capsys.readouterr().err
+    assert main(["train", "--cache", str(tmp_path / "cache.h5"), "--hookpoint", HOOK, "--out", str(tmp_path / "o"), "--timesteps", "7"]) == 2
+    assert "--timesteps 7" in capsys.readouterr().err
+    write_store(tmp_path / "one.h5", n_prompts=1)
+    assert main(["train", "--cache", str(tmp_path / "one.h5"), "--hookpoint", HOOK, "--out", str(tmp_path / "o")]) == 2
+    assert "at least 2" in capsys.readouterr().err
 
 
 def test_trained_on_a_real_cache_store(tiny_run):
