@@ -24,6 +24,11 @@ OBJECT_HOOKPOINT = "up_blocks.1.attentions.1"
 STYLE_HOOKPOINT = "up_blocks.1.attentions.2"
 
 
+# SAE settings measured best on minicanvas (benchmarks/RESULTS.md, "SAE quality"): SAeUron's
+# lr 4e-4 and AuxK 1/32 leave most latents of these width-64 blocks dead.
+MINICANVAS_SAE = {"arch": "topk", "k": 8, "lr": 1e-2, "aux_loss_coefficient": 1.0}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """What the demo runs: cache seeds, SAE tokens, the two targets and evaluation seeds."""
@@ -39,7 +44,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
     """Run every stage into the run directory `out`; returns the evaluation results."""
     from .cache import CacheConfig, cache_activations, open_store
     from .concepts import score_cache
-    from .evaluate import markdown_report, run_evaluation
+    from .evaluate import full_answer_set, generate_answer_set, markdown_report, run_evaluation
     from .minicanvas.world import all_prompts
     from .sae import load_sae
     from .train import TrainConfig, train
@@ -53,19 +58,22 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
     if not (store.exists() and open_store(store).complete):
         print("[1/4] caching activations")
         cache_activations(pipe, all_prompts(), store, cache_cfg, resume=store.exists())
-    results = {}
+    results, base_images = {}, None
     for hookpoint, target in ((STYLE_HOOKPOINT, config.style_target), (OBJECT_HOOKPOINT, config.object_target)):
         sae_dir = out / "saes" / hookpoint
         if not (sae_dir / "metrics.json").exists():
             print(f"[2/4] training the SAE of {hookpoint}")
-            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens), resume=sae_dir.exists())
+            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens, **MINICANVAS_SAE),
+                  resume=sae_dir.exists())
         if not (sae_dir / "concepts.h5").exists():
             print(f"[3/4] scoring concepts on {hookpoint}")
             sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
             score_cache(store, hookpoint, sae).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": hookpoint})
         print(f"[4/4] unlearning {target} and evaluating")
+        if base_images is None:  # the base model's images, shared by both targets
+            base_images = generate_answer_set(pipe, full_answer_set(config.eval_seeds), sampler)
         res = run_evaluation(sae_dir, [target], list(config.eval_seeds), None, sampler, False,
-                             out / "eval" / f"{target.replace(':', '-')}.json", out / "report", pipe=pipe)
+                             out / "eval" / f"{target.replace(':', '-')}.json", out / "report", pipe=pipe, base_images=base_images)
         results["targets"] = {**results.get("targets", {}), **res["targets"]}
         results["base"] = res["base"]
         results["mean"] = {**results.get("mean", {}), **res["mean"]}

@@ -174,13 +174,16 @@ def tune_target(pipe, sae, hookpoint: str, scores, target: str, seeds: Sequence[
 
 
 def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], seeds: Sequence[int], config: SamplerConfig,
-                        params: dict[str, dict], together: bool = False, progress=None, report_dir: Path | None = None) -> dict:
+                        params: dict[str, dict], together: bool = False, progress=None, report_dir: Path | None = None,
+                        base_images: torch.Tensor | None = None) -> dict:
     """UA / IRA / CRA per target, the base model's accuracies, means per kind, and fidelity on kept prompts.
 
-    `params[target]` holds the target's {percentile, multiplier}.
+    `params[target]` holds the target's {percentile, multiplier}. `base_images`, if given, are the
+    base model's images of the answer set (generated otherwise).
     """
     answers = full_answer_set(seeds)
-    base_images = generate_answer_set(pipe, answers, config)
+    if base_images is None:
+        base_images = generate_answer_set(pipe, answers, config)
     base = label_accuracy(base_images, answers)
     base_labels = base.pop("labels")
     if report_dir is not None:
@@ -235,8 +238,8 @@ def parse_target_spec(text: str) -> list[str]:
 
 
 def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
-                   together: bool, out: Path, report_dir: Path | None, pipe=None) -> dict:
-    """Tune (or reuse tuned values), evaluate, and write results JSON and the report."""
+                   together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None) -> dict:
+    """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning)."""
     import json
 
     from tqdm import tqdm
@@ -267,7 +270,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     params = {t: tuned.get(t, {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}) for t in targets}
     bar = tqdm(total=1 if together else len(targets), desc="evaluating")
     results = evaluate_unlearning(pipe, sae, hookpoint, scores, targets, seeds, config, params, together,
-                                  progress=lambda _g: bar.update(1), report_dir=report_dir)
+                                  progress=lambda _g: bar.update(1), report_dir=report_dir, base_images=base_images)
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
