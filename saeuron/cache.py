@@ -296,20 +296,20 @@ def read_rows(path: str | Path, hookpoint: str, start: int = 0, stop: int | None
     return torch.from_numpy(np.concatenate(parts).astype(np.float32)) if parts else torch.zeros(0, width)
 
 
-def _row_filter(info: StoreInfo, timesteps=None, steps=None, branch=None, concept=None, prompts=None) -> Callable[[dict], np.ndarray] | None:
-    """A function from a block's provenance columns to a boolean mask, or None when every row is kept."""
-    tests = []
+def _row_filter(info: StoreInfo, timesteps=None, steps=None, branch=None, concept=None, prompts=None) -> tuple[Callable[[dict], np.ndarray], tuple[str, ...]] | None:
+    """(function from a block's provenance columns to a boolean mask, the columns it reads), or None when every row is kept."""
+    tests: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []  # (column, test on that column)
     if timesteps is not None:
         tsel = np.array(sorted({int(t) for t in timesteps}))
-        tests.append(lambda p: np.isin(p["timestep"], tsel))
+        tests.append(("timestep", lambda c: np.isin(c, tsel)))
     if steps is not None:
         ssel = np.array(sorted({int(s) for s in steps}))
-        tests.append(lambda p: np.isin(p["step"], ssel))
+        tests.append(("step", lambda c: np.isin(c, ssel)))
     if branch is not None:
         if branch not in CFG_BRANCHES:
             raise UserError(f"unknown branch {branch!r}; valid: {', '.join(CFG_BRANCHES)}")
         b = CFG_BRANCHES.index(branch)
-        tests.append(lambda p: p["branch"] == b)
+        tests.append(("branch", lambda c: c == b))
     if concept is not None:
         kind, name = concept
         if kind not in ("style", "object"):
@@ -318,21 +318,22 @@ def _row_filter(info: StoreInfo, timesteps=None, steps=None, branch=None, concep
         if csel.size == 0:
             present = sorted({row[kind] for row in info.prompts if row[kind]})
             raise UserError(f"no prompt of {kind} {name!r} in {info.path!r}; its {kind}s: {', '.join(present) or '(none labelled)'}")
-        tests.append(lambda p: np.isin(p["prompt"], csel))
+        tests.append(("prompt", lambda c: np.isin(c, csel)))
     if prompts is not None:
         psel = np.unique(np.asarray(prompts, dtype=np.int64))
-        tests.append(lambda p: np.isin(p["prompt"], psel))
+        tests.append(("prompt", lambda c: np.isin(c, psel)))
     if not tests:
         return None
-    return lambda p: np.logical_and.reduce([t(p) for t in tests])
+    columns = tuple(dict.fromkeys(col for col, _ in tests))
+    return (lambda p: np.logical_and.reduce([test(p[col]) for col, test in tests])), columns
 
 
-def _provenance_blocks(info: StoreInfo, hookpoint: str, block_rows: int = PROVENANCE_CHUNK) -> Iterator[dict[str, np.ndarray]]:
-    """Provenance columns of the committed rows, block by block over the shards (bounded memory)."""
+def _provenance_blocks(info: StoreInfo, hookpoint: str, columns: Sequence[str], block_rows: int = PROVENANCE_CHUNK) -> Iterator[dict[str, np.ndarray]]:
+    """The given provenance columns of the committed rows, block by block over the shards (bounded memory)."""
     for shard in info.shards:
         with _open_read(Path(shard)) as f:
             n = _committed(f)[1][hookpoint]
-            cols = {k: _ds(f, f"rows/{hookpoint}/{k}") for k in PROVENANCE}
+            cols = {k: _ds(f, f"rows/{hookpoint}/{k}") for k in columns}
             for lo in range(0, n, block_rows):
                 yield {k: d[lo : min(lo + block_rows, n)] for k, d in cols.items()}
 
@@ -342,7 +343,7 @@ def prompts_with_rows(path: str | Path, hookpoint: str) -> np.ndarray:
     info = open_store(path)
     _check_hookpoint(info, hookpoint)
     found = np.zeros(0, np.int64)
-    for p in _provenance_blocks(info, hookpoint):
+    for p in _provenance_blocks(info, hookpoint, ("prompt",)):
         found = np.union1d(found, p["prompt"])
     return found
 
@@ -352,7 +353,10 @@ def count_rows(path: str | Path, hookpoint: str, prompts: Sequence[int] | None =
     info = open_store(path)
     _check_hookpoint(info, hookpoint)
     keep = _row_filter(info, timesteps=timesteps, prompts=prompts, **filters)
-    return sum(int(keep(p).sum()) if keep is not None else len(p["prompt"]) for p in _provenance_blocks(info, hookpoint))
+    if keep is None:
+        return info.rows[hookpoint]
+    test, columns = keep
+    return sum(int(test(p).sum()) for p in _provenance_blocks(info, hookpoint, columns))
 
 
 def iter_batches(
@@ -425,8 +429,9 @@ def iter_batches(
                 if keep is None:
                     acts = f["acts"][hookpoint][lo:hi]
                 else:
+                    test, columns = keep
                     g = f["rows"][hookpoint]
-                    mask = keep({k: g[k][lo:hi] for k in PROVENANCE})
+                    mask = test({k: g[k][lo:hi] for k in columns})  # only the columns the filter reads
                     if not mask.any():
                         continue
                     acts = f["acts"][hookpoint][lo:hi][mask]

@@ -85,7 +85,7 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = to
         if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
             raise UserError(f"model {name!r} is a {type(pipe).__name__}, not a Stable Diffusion 1.x/2.x/XL pipeline")
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.unet.to(memory_format=torch.channels_last)  # CPU convolutions ~9% faster (50 images x 5 steps: 8.3 s vs 9.2 s)
+    pipe.unet.to(memory_format=torch.channels_last)  # faster CPU convolutions (mkldnn)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

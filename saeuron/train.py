@@ -231,9 +231,8 @@ def train(
     elif out.exists() and ((out / CONFIG_FILE).exists() or (out / CHECKPOINT_DIR).exists() or (out / "cfg.json").exists()):
         raise UserError(f"{str(out)!r} already holds an SAE run; pass --resume to continue it or choose another --out")
 
-    data_seed = cfg.seed  # a resumed run draws a fresh order: the stream is not replayed
-    if checkpoint is not None:
-        data_seed = json.loads((checkpoint / RUN_STATE_FILE).read_text())["data_seed"] + 1
+    run_state = json.loads((checkpoint / RUN_STATE_FILE).read_text()) if checkpoint is not None else {}
+    data_seed = run_state["data_seed"] + 1 if run_state else cfg.seed  # a resumed run draws a fresh order: the stream is not replayed
     with contextlib.ExitStack() as stack:
         if data is None:
             cfg, data, val_acts, split = _from_store(cfg, data_seed)
@@ -243,7 +242,7 @@ def train(
                 raise ValueError("in-memory training needs val_acts and cfg.tokens")
             cfg = _resolve(cfg, int(val_acts.shape[1]))
             split = {}
-        return _fit(cfg, out, checkpoint, data, data_seed, val_acts, split)
+        return _fit(cfg, out, checkpoint, data, data_seed, run_state.get("elapsed_s", 0.0), val_acts, split)
 
 
 def _from_store(cfg: TrainConfig, data_seed: int) -> tuple[TrainConfig, Iterator[torch.Tensor], torch.Tensor, dict[str, int]]:
@@ -275,7 +274,7 @@ def _from_store(cfg: TrainConfig, data_seed: int) -> tuple[TrainConfig, Iterator
     return cfg, data, val_acts, {"train_prompts": len(train_ids), "val_prompts": len(val_ids)}
 
 
-def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: int, val_acts, split) -> dict[str, Any]:
+def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: int, elapsed_before: float, val_acts, split) -> dict[str, Any]:
     from sae_lens import SAE, LoggingConfig, SAETrainer, TrainingSAE
     from sae_lens.config import SAETrainerConfig
 
@@ -298,10 +297,8 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
         logger=LoggingConfig(log_to_wandb=False),
     )
     sae = TrainingSAE.from_dict(_training_sae_config(cfg, cfg.hookpoint).to_dict())
-    elapsed_before = 0.0
     if checkpoint is not None:
         sae.load_weights_from_checkpoint(checkpoint)
-        elapsed_before = json.loads((checkpoint / RUN_STATE_FILE).read_text())["elapsed_s"]
         print(f"saeuron train: resuming {out} from {checkpoint.name} tokens")
 
     out.mkdir(parents=True, exist_ok=True)
