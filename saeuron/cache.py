@@ -455,13 +455,79 @@ def iter_batches(
 # ---------------------------------------------------------------- writing
 
 
-def _chunk_rows(width: int) -> int:
-    """Rows per chunk: about 1 MiB of float16."""
-    return int(max(64, min(1 << 16, (1 << 20) // (2 * width))))
+def _chunk_rows(width: int, rows_per_call: int | None = None) -> int:
+    """Rows per chunk: about 1 MiB of float16; a divisor of `rows_per_call` (one hook call's rows)
+    within 4x of that size if there is one, so that each call's rows are whole chunks written without a copy."""
+    target = int(max(64, min(1 << 16, (1 << 20) // (2 * width))))
+    if rows_per_call:
+        fits = [c for c in _divisors(rows_per_call) if target // 4 <= c <= target * 4]
+        if fits:
+            return max(fits)
+    return target
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in small]
 
 
 COMMIT_MB = 64  # default: units are buffered in memory and committed to disk in writes of about this size
 COMMIT_SECONDS = 60.0  # ... or at least this often, so that a kill loses at most about a minute of work
+
+
+class _ChunkAppender:
+    """Appends rows to one chunked, unfiltered dataset by writing whole raw chunks (H5Dwrite_chunk).
+
+    An array that starts at a chunk boundary and holds whole chunks is kept by reference and
+    written straight from its memory (a hook call's rows, when the chunk divides them); anything
+    else is copied into a buffer that starts at a chunk boundary, whose last chunk is written padded
+    (past the dataset's end) and kept for the next commit to rewrite. Skipping HDF5's selection
+    and conversion path and the copy makes a commit cost about what the disk write costs.
+    """
+
+    def __init__(self, ds: h5py.Dataset):
+        self.ds = ds
+        self.chunk = ds.chunks[0]
+        n = ds.shape[0]
+        self.base = n - n % self.chunk  # dataset row where the uncommitted rows start
+        self.whole: list[np.ndarray] = []  # by reference, each whole chunks, in order from `base`
+        self.whole_rows = 0
+        self.buf = np.empty((self.chunk, *ds.shape[1:]), ds.dtype)  # follows the `whole` arrays
+        self.fill = n - self.base
+        if self.fill:
+            self.buf[: self.fill] = ds[self.base : n]
+
+    def append(self, rows: np.ndarray) -> None:
+        """Queue rows for the next write: by reference when aligned whole chunks, else copied."""
+        if self.fill == 0 and len(rows) % self.chunk == 0 and rows.dtype == self.ds.dtype and rows.flags.c_contiguous:
+            self.whole.append(rows)
+            self.whole_rows += len(rows)
+            return
+        end = self.fill + len(rows)
+        if end > len(self.buf):
+            grown = np.empty((-(-end // self.chunk) * self.chunk * 2, *self.buf.shape[1:]), self.buf.dtype)
+            grown[: self.fill] = self.buf[: self.fill]
+            self.buf = grown
+        self.buf[self.fill : end] = rows
+        self.fill = end
+
+    def write(self) -> None:
+        """Extend the dataset and write every queued chunk; keep a partial last chunk buffered."""
+        if self.whole_rows + self.fill == 0:
+            return
+        self.ds.resize(self.base + self.whole_rows + self.fill, axis=0)
+        row = self.base
+        for block in self.whole + [self.buf[: -(-self.fill // self.chunk) * self.chunk]]:
+            for lo in range(0, len(block), self.chunk):
+                self.ds.id.write_direct_chunk((row + lo,) + (0,) * (block.ndim - 1), block[lo : lo + self.chunk].data)
+            row += len(block)
+        self.base += self.whole_rows
+        self.whole, self.whole_rows = [], 0
+        full = self.fill - self.fill % self.chunk
+        if full:
+            self.buf[: self.fill - full] = self.buf[full : self.fill]
+            self.base += full
+            self.fill -= full
 
 
 class _Writer:
@@ -477,14 +543,15 @@ class _Writer:
         self.f.swmr_mode = True
         self.commit_bytes, self.commit_seconds = commit_bytes, commit_seconds
         self.rows = {hp: int(self.f["acts"][hp].shape[0]) for hp in self.names}  # including buffered rows
-        self._buffer: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {hp: [] for hp in self.names}
+        self._acts = {hp: _ChunkAppender(self.f["acts"][hp]) for hp in self.names}
+        self._prov = {hp: {key: _ChunkAppender(self.f["rows"][hp][key]) for key in PROVENANCE} for hp in self.names}
         self._buffered_bytes = 0
         self._pending_units: list[list[int]] = []  # cumulative rows after each finished, uncommitted unit
         self._last_commit = time.monotonic()
 
     @staticmethod
-    def create(path: Path, config_json: str, prompts: list[dict], widths: dict[str, int]) -> None:
-        """Write an empty store (structure, prompts, config) to `path`."""
+    def create(path: Path, config_json: str, prompts: list[dict], widths: dict[str, int], rows_per_call: dict[str, int] | None = None) -> None:
+        """Write an empty store (structure, prompts, config) to `path`; chunks sized to the rows one hook call emits."""
         with h5py.File(path, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -493,14 +560,19 @@ class _Writer:
             for key, col in (("text", "prompt"), ("style", "style"), ("object", "object")):
                 g.create_dataset(key, data=[r[col] for r in prompts], dtype=h5py.string_dtype())
             for hp, width in widths.items():
-                f.create_dataset(f"acts/{hp}", shape=(0, width), maxshape=(None, width), chunks=(_chunk_rows(width), width), dtype=np.float16)
+                per_call = (rows_per_call or {}).get(hp)
+                chunk = _chunk_rows(width, per_call)
+                f.create_dataset(f"acts/{hp}", shape=(0, width), maxshape=(None, width), chunks=(chunk, width), dtype=np.float16)
+                prov_chunk = chunk if per_call and per_call % chunk == 0 else PROVENANCE_CHUNK  # same rows: written without a copy
                 for key, dt in PROVENANCE.items():
-                    f.create_dataset(f"rows/{hp}/{key}", shape=(0,), maxshape=(None,), chunks=(PROVENANCE_CHUNK,), dtype=dt)
+                    f.create_dataset(f"rows/{hp}/{key}", shape=(0,), maxshape=(None,), chunks=(prov_chunk,), dtype=dt)
             f.create_dataset("progress", shape=(0, len(widths)), maxshape=(None, len(widths)), chunks=(1024, len(widths)), dtype=np.int64)
 
     def append(self, hp: str, acts: np.ndarray, prov: dict[str, np.ndarray]) -> None:
         """Buffer rows of the current unit (written to disk at the next commit)."""
-        self._buffer[hp].append((acts, prov))
+        self._acts[hp].append(acts)
+        for key in PROVENANCE:
+            self._prov[hp][key].append(prov[key])
         self._buffered_bytes += acts.nbytes + sum(v.nbytes for v in prov.values())
         self.rows[hp] += len(acts)
 
@@ -511,7 +583,7 @@ class _Writer:
             self.commit()
 
     def commit(self) -> None:
-        """Write the buffered rows (one write per dataset), make them durable, then record their units as done."""
+        """Write the buffered rows, make them durable, then record their units as done."""
         if not self._pending_units:
             return
         self._write_rows()
@@ -522,19 +594,10 @@ class _Writer:
 
     def _write_rows(self) -> None:
         """Append the buffered rows to their datasets and flush them."""
-        for hp, parts in self._buffer.items():
-            if not parts:
-                continue
-            n1 = self.rows[hp]
-            d = self.f["acts"][hp]
-            n0 = d.shape[0]
-            d.resize(n1, axis=0)
-            d[n0:n1] = np.concatenate([a for a, _ in parts])
-            g = self.f["rows"][hp]
-            for key in PROVENANCE:
-                g[key].resize(n1, axis=0)
-                g[key][n0:n1] = np.concatenate([p[key] for _, p in parts])
-            parts.clear()
+        for hp in self.names:
+            self._acts[hp].write()
+            for appender in self._prov[hp].values():
+                appender.write()
         self.f.flush()  # rows first: a progress row never points past durable rows
 
     def _write_progress(self) -> None:
@@ -548,7 +611,6 @@ class _Writer:
     def close(self) -> None:
         """Close the file; buffered units of an unfinished run are dropped (not committed)."""
         self.f.close()
-
 
 def _copy_committed(src: Path, dst: Path, block_rows: int = 1 << 16) -> int:
     """Copy the committed units of `src` (maybe left open by a killed writer) into the fresh store `dst`."""
@@ -576,7 +638,7 @@ def _dist() -> tuple[int, int]:
         raise UserError(f"bad RANK/WORLD_SIZE environment ({os.environ.get('RANK')!r}, {os.environ.get('WORLD_SIZE')!r}); they must be integers") from None
 
 
-def _prepare(out: Path, config_json: str, prompts: list[dict], widths: dict[str, int], resume: bool, total_units: int) -> int:
+def _prepare(out: Path, config_json: str, prompts: list[dict], widths: dict[str, int], rows_per_call: dict[str, int], resume: bool, total_units: int) -> int:
     """Create or recover the store file at `out`; the number of units already done."""
     if out.exists() and not resume:
         raise UserError(f"{str(out)!r} already exists; pass --resume to continue it, or choose another --out")
@@ -592,7 +654,7 @@ def _prepare(out: Path, config_json: str, prompts: list[dict], widths: dict[str,
             raise UserError(f"cannot resume {str(out)!r}: its prompt list differs from the one given; use the same prompts or another --out")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        _Writer.create(tmp, config_json, prompts, widths)
+        _Writer.create(tmp, config_json, prompts, widths, rows_per_call)
         if out.exists():
             # a writer killed while the file was open leaves it flagged as open: rebuild it from its committed units
             done = _copy_committed(out, tmp)
@@ -656,7 +718,8 @@ def cache_activations(
     # a store's config JSON must round-trip through json so that tuples compare equal to lists
     config_json = json.dumps(json.loads(config_json), sort_keys=True)
 
-    done = _prepare(out, config_json, table, {h.path: h.width for h in hps}, resume, len(my_units))
+    rows_per_call = {h.path: min(config.batch_size, len(pairs)) * (k_pos or h.tokens) for h in hps}
+    done = _prepare(out, config_json, table, {h.path: h.width for h in hps}, rows_per_call, resume, len(my_units))
     if done >= len(my_units):
         return out.parent if world > 1 else out
 
@@ -666,22 +729,24 @@ def cache_activations(
 
         def sink(hp: str, step: int, timestep: int, branch: str, acts_btd: torch.Tensor) -> None:
             b, t, d = acts_btd.shape
-            acts = acts_btd.to(torch.float16).cpu().numpy()
+            # a copy of its own (the writer may hold it until the next commit), one pass with the conversion
+            acts = acts_btd.detach().to("cpu", torch.float16, copy=True).numpy()
             b_id = CFG_BRANCHES.index(branch)
             if k_pos is None:
                 pos = np.broadcast_to(np.arange(t), (b, t))
+                rows = np.ascontiguousarray(acts.reshape(-1, d))
             else:  # same positions for every hookpoint; reproducible on resume
                 pos = np.stack([np.sort(np.random.default_rng([config.position_seed, unit_start + j, step, b_id]).choice(t, k_pos, replace=False)) for j in range(b)])
-            rows = np.take_along_axis(acts, pos[:, :, None], axis=1).reshape(-1, d)
+                rows = np.take_along_axis(acts, pos[:, :, None], axis=1).reshape(-1, d)
             pj = np.array([pairs[unit_start + j] for j in range(b)])
             k = pos.shape[1]
             prov = {
-                "prompt": np.repeat(pj[:, 0], k),
-                "seed": np.repeat(pj[:, 1], k),
-                "step": np.full(b * k, step),
-                "timestep": np.full(b * k, timestep),
-                "branch": np.full(b * k, b_id),
-                "position": pos.reshape(-1),
+                "prompt": np.repeat(pj[:, 0].astype(PROVENANCE["prompt"]), k),
+                "seed": np.repeat(pj[:, 1].astype(PROVENANCE["seed"]), k),
+                "step": np.full(b * k, step, PROVENANCE["step"]),
+                "timestep": np.full(b * k, timestep, PROVENANCE["timestep"]),
+                "branch": np.full(b * k, b_id, PROVENANCE["branch"]),
+                "position": pos.reshape(-1).astype(PROVENANCE["position"]),
             }
             writer.append(hp, rows, prov)
 

@@ -65,6 +65,49 @@ def _peak_rss(args, n_prompts: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _tile_to(rows: dict, prov: dict, mib: float) -> tuple[dict, dict]:
+    """Repeat the cached rows (and their provenance) until the payload is at least `mib` MiB."""
+    n_bytes = sum(rows[h].nbytes + sum(v.nbytes for v in prov[h].values()) for h in rows)
+    reps = max(1, int(np.ceil(mib * 2**20 / n_bytes)))
+    return {h: np.concatenate([a] * reps) for h, a in rows.items()}, {h: {k: np.concatenate([v] * reps) for k, v in p.items()} for h, p in prov.items()}
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def _time_store_write(path: Path, info, rows: dict, prov: dict, rows_per_call: int, calls_per_unit: int, commit_mb: float) -> float:
+    """Seconds to write the rows through the store writer as caching does (one append per hook call,
+    units of `calls_per_unit` calls), until durable on disk."""
+    cache._Writer.create(path, json.dumps(info.config, sort_keys=True), info.prompts, info.widths, {h: rows_per_call for h in HOOKPOINTS})
+    t = time.perf_counter()
+    w = cache._Writer(path, commit_bytes=int(commit_mb * 2**20))
+    for call, start in enumerate(range(0, len(rows[HOOKPOINTS[0]]), rows_per_call)):
+        for h in HOOKPOINTS:
+            w.append(h, rows[h][start : start + rows_per_call], {k: v[start : start + rows_per_call] for k, v in prov[h].items()})
+        if (call + 1) % calls_per_unit == 0:
+            w.end_unit()
+    w.commit()
+    w.close()
+    _fsync_path(path)
+    return time.perf_counter() - t
+
+
+def _time_plain_write(path: Path, rows: dict, prov: dict) -> float:
+    """Seconds to write the same bytes with one sequential binary file write, until durable on disk."""
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        for h in HOOKPOINTS:
+            f.write(memoryview(rows[h]).cast("B"))
+            for v in prov[h].values():
+                f.write(memoryview(v).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minicanvas")
@@ -73,6 +116,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
     ap.add_argument("--memory-prompts", default="", help="comma-separated prompt counts for the peak-memory runs, e.g. 20,80")
+    ap.add_argument("--write-mib", type=float, default=256, help="payload of the write-speed test: the cached rows repeated to this size")
     ap.add_argument("--commit-mb", type=float, default=cache.COMMIT_MB, help="commit size of the store writer")
     ap.add_argument("--rss-run", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -102,34 +146,16 @@ def main() -> None:
         # store write speed alone: the same rows through the store writer vs one plain sequential file write
         rows = {h: cache.read_rows(out, h).numpy().astype(np.float16) for h in HOOKPOINTS}
         prov = {h: cache.row_provenance(out, h) for h in HOOKPOINTS}
-        # the payload both writers write: activations plus per-row provenance
-        n_bytes = sum(rows[h].nbytes + sum(v.nbytes for v in prov[h].values()) for h in HOOKPOINTS)
+        rows_per_call = args.batch_size * cache.get_hookpoint(pipe, HOOKPOINTS[0]).tokens  # one image batch, one step
+        rows, prov = _tile_to(rows, prov, args.write_mib)
         store_t, plain_t = [], []
         for r in range(args.repeats):
-            path = Path(tmp) / f"write{r}.h5"
-            cache._Writer.create(path, json.dumps(info.config, sort_keys=True), info.prompts, info.widths)
-            t = time.perf_counter()
-            w = cache._Writer(path, commit_bytes=int(args.commit_mb * 2**20))
-            per_unit = max(1, len(rows[HOOKPOINTS[0]]) // info.units_total)
-            for start in range(0, len(rows[HOOKPOINTS[0]]), per_unit):
-                for h in HOOKPOINTS:
-                    w.append(h, rows[h][start : start + per_unit], {k: v[start : start + per_unit] for k, v in prov[h].items()})
-                w.end_unit()
-            w.commit()
-            w.close()
-            fd = os.open(path, os.O_RDONLY)  # durable on disk, as the plain write below
-            os.fsync(fd)
-            os.close(fd)
-            store_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            with open(Path(tmp) / f"plain{r}.bin", "wb") as f:
-                for h in HOOKPOINTS:
-                    f.write(rows[h].tobytes())
-                    for v in prov[h].values():
-                        f.write(v.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            plain_t.append(time.perf_counter() - t)
+            store_t.append(_time_store_write(Path(tmp) / f"write{r}.h5", info, rows, prov, rows_per_call, args.steps, args.commit_mb))
+            plain_t.append(_time_plain_write(Path(tmp) / f"plain{r}.bin", rows, prov))
+            os.remove(Path(tmp) / f"write{r}.h5")
+            os.remove(Path(tmp) / f"plain{r}.bin")
+        # the payload both writers write: activations plus per-row provenance
+        n_bytes = sum(rows[h].nbytes + sum(v.nbytes for v in prov[h].values()) for h in HOOKPOINTS)
 
     g, c, s, p = min(gen), min(cached), min(store_t), min(plain_t)
     mb = n_bytes / 2**20

@@ -45,6 +45,14 @@ def parse_args():
         default=0.0,
         help="min-SNR loss weighting (0 = plain v-loss; it weights the high-noise steps, where the object's layout is decided, more)",
     )
+    p.add_argument(
+        "--high-noise-share",
+        type=float,
+        default=0.0,
+        help="share of each batch whose timestep is drawn from [--high-noise-from, 999] instead of all of [0, 999]: "
+        "the object word only matters at high noise (below ~t 500 the noisy image already shows the shape)",
+    )
+    p.add_argument("--high-noise-from", type=int, default=600)
     p.add_argument("--images-per-pair", type=int, default=60, help="training renders per style x object")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -86,6 +94,15 @@ def caption(rng: np.random.Generator, si: int, oi: int) -> str:
     if r < 0.9:
         return object_prompt(OBJECTS[oi])
     return ""
+
+
+def training_timesteps(args, num_train_timesteps: int, gen: torch.Generator) -> torch.Tensor:
+    """Uniform timesteps, with `--high-noise-share` of the batch redrawn from the high-noise range."""
+    t = torch.randint(0, num_train_timesteps, (args.batch_size,), generator=gen)
+    if args.high_noise_share > 0:
+        high = torch.randint(args.high_noise_from, num_train_timesteps, (args.batch_size,), generator=gen)
+        t = torch.where(torch.rand(args.batch_size, generator=gen) < args.high_noise_share, high, t)
+    return t
 
 
 def export(unet, text_encoder, ema_unet: EMAModel, ema_te: EMAModel, tokenizer, out_dir: Path) -> None:
@@ -150,7 +167,7 @@ def main():
         prompts = [caption(rng, *labels[i]) for i in idx]
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=gen)
+        t = training_timesteps(args, scheduler.config.num_train_timesteps, gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
