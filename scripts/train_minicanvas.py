@@ -134,6 +134,7 @@ def main():
     ema_te = EMAModel(text_encoder.parameters(), decay=args.ema_decay, use_ema_warmup=True)
     state_path = args.work_dir / "state.pt"
     step = 0
+    opt_start = 0  # the step at which this optimiser state began; the lr warms up from there
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -142,6 +143,7 @@ def main():
         ema_unet.load_state_dict(state["ema_unet"])
         ema_te.load_state_dict(state["ema_te"])
         step = state["step"]
+        opt_start = state.get("opt_start", 0)
         print(f"resuming from step {step}", flush=True)
     elif (args.export_dir / "training.json").exists():
         # no optimiser state here (it is not committed): warm-start from the shipped EMA weights
@@ -152,7 +154,7 @@ def main():
         text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.export_dir / "text_encoder").float().state_dict())
         ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True)
         ema_te = EMAModel(text_encoder.parameters(), decay=args.ema_decay, use_ema_warmup=True)
-        step = json.loads((args.export_dir / "training.json").read_text())["step"]
+        step = opt_start = json.loads((args.export_dir / "training.json").read_text())["step"]
         print(f"warm-starting from the shipped weights of step {step} (fresh optimiser state)", flush=True)
     images, labels = training_set(args.images_per_pair, args.work_dir)
     images_t = torch.from_numpy(images)
@@ -178,7 +180,7 @@ def main():
             snr = compute_snr(scheduler, t)
             per_image = per_image * torch.clamp(snr, max=args.min_snr_gamma) / (snr + 1)
         loss = per_image.mean()
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step + 1 - opt_start) / args.warmup)  # a fresh Adam state takes full-size steps
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -199,6 +201,7 @@ def main():
                 "ema_unet": ema_unet.state_dict(),
                 "ema_te": ema_te.state_dict(),
                 "step": step,
+                "opt_start": opt_start,
                 "args": vars(args),
             }
             torch.save(state, state_path.with_suffix(".tmp"))
