@@ -13,8 +13,8 @@ import numpy as np
 import streamlit as st
 
 from saeuron.app import (
-    feature_stats, feature_table, inspect_run, manual_plan, merge_plans, overlay, parse_feature_ids,
-    run_dir_from_argv, sample_ablated, sample_steered, spatial_map, upscale,
+    feature_stats, feature_table, inspect_run, manual_plan, overlay, parse_feature_ids,
+    run_dir_from_argv, sae_capture, sample_steered, spatial_map, upscale,
 )
 from saeuron.errors import UserError
 
@@ -371,7 +371,7 @@ def _sampler(steps: int, cfg: float):
 
 
 def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, multiplier, percentile, window) -> dict:
-    from saeuron.ablate import AblationPlan, plan_ablation
+    from saeuron.ablate import AblationPlan, merge_plans, plan_ablation, sample_with_ablation
     from saeuron.pipelines import to_uint8
 
     if not prompt:
@@ -392,7 +392,8 @@ def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, mu
         plan = merge_plans(plan, manual_plan(scores, features, multiplier, window))
     pipe = get_pipeline(model)
     original = generate(model, (prompt,), (seed,), steps, cfg)
-    edited = to_uint8(sample_ablated(pipe, sae, hookpoint, scores, plan, [prompt], [seed], _sampler(steps, cfg)))
+    edited = to_uint8(sample_with_ablation(pipe, sae, hookpoint, plan, [prompt], [seed], _sampler(steps, cfg),
+                                           capture=sae_capture(info.saes[hookpoint])))
     what = ", ".join(list(concepts) + [f"feature {f}" for f in features])
     return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
             "note": f"ablated {what} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps · multiplier {multiplier}"}
@@ -407,7 +408,8 @@ def run_steering(sae, prompt, seed, steps, cfg, feature, value, mode, window) ->
         raise UserError(f"the step window {window} is empty; give from < to")
     pipe = get_pipeline(model)
     original = generate(model, (prompt,), (seed,), steps, cfg)
-    edited = to_uint8(sample_steered(pipe, sae, hookpoint, feature, value, mode, [prompt], [seed], _sampler(steps, cfg), window))
+    edited = to_uint8(sample_steered(pipe, sae, hookpoint, feature, value, mode, [prompt], [seed], _sampler(steps, cfg), window,
+                                     capture=sae_capture(info.saes[hookpoint])))
     return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
             "note": f"steered feature {feature} · {mode} {value} · steps {window[0]}..{window[1] - 1}"}
 

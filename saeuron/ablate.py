@@ -9,6 +9,7 @@ when nothing is changed the output is x exactly. (The public SAeUron code return
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,13 +29,51 @@ class StepAblation:
 
 @dataclass(frozen=True)
 class AblationPlan:
-    """Per step index, the ablation to apply (steps absent from the dict are left alone)."""
+    """Per cached step index, the ablation to apply (steps absent from the dict are left alone).
+
+    `timesteps` maps every step of the cache the scores came from to its timestep, so that a
+    sampler with another step count (or a cache that kept only some steps) is matched by noise
+    level: each sampler step uses the cached step of nearest timestep.
+    """
 
     steps: dict[int, StepAblation] = field(default_factory=dict)
+    timesteps: dict[int, int] = field(default_factory=dict)
 
     def n_features(self) -> int:
         """Total selected (step, feature) pairs."""
         return sum(len(s.features) for s in self.steps.values())
+
+    def at(self, step: int | None, timestep: int | None) -> StepAblation | None:
+        """The ablation for one sampler step: by nearest cached timestep, or by step index without timesteps."""
+        if timestep is None or not self.timesteps:
+            return self.steps.get(step)
+        nearest = min(self.timesteps, key=lambda s: (abs(self.timesteps[s] - timestep), s))
+        return self.steps.get(nearest)
+
+
+def cached_step_timesteps(scores: ConceptScores) -> dict[int, int]:
+    """Step index -> timestep of every step the scores cover."""
+    step_ids = scores.steps if scores.steps is not None else np.arange(len(scores.timesteps))
+    return {int(s): int(t) for s, t in zip(step_ids, scores.timesteps)}
+
+
+def merge_plans(*plans: AblationPlan) -> AblationPlan:
+    """Union of plans step by step; a feature in several keeps its strongest (most negative) scale."""
+    table: dict[int, dict[int, tuple[float, float]]] = {}
+    timesteps: dict[int, int] = {}
+    for plan in plans:
+        timesteps.update(plan.timesteps)
+        for step, sa in plan.steps.items():
+            row = table.setdefault(step, {})
+            for f, sc, th in zip(sa.features.tolist(), sa.scale.tolist(), sa.threshold.tolist()):
+                if f not in row or sc < row[f][0]:
+                    row[f] = (sc, th)
+    steps = {}
+    for step, row in sorted(table.items()):
+        ids = sorted(row)
+        steps[step] = StepAblation(torch.tensor(ids, dtype=torch.long), torch.tensor([row[i][0] for i in ids], dtype=torch.float32),
+                                   torch.tensor([row[i][1] for i in ids], dtype=torch.float32))
+    return AblationPlan(steps, timesteps)
 
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
@@ -64,7 +103,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
             scale=torch.tensor([multiplier * chosen[i][0] for i in ids], dtype=torch.float32),
             threshold=torch.tensor([chosen[i][1] for i in ids], dtype=torch.float32),
         )
-    return AblationPlan(steps)
+    return AblationPlan(steps, cached_step_timesteps(scores))
 
 
 def _apply_latent_edit(sae, acts_btd: torch.Tensor, edit) -> torch.Tensor:
@@ -111,13 +150,74 @@ DEFAULT_MULTIPLIER = -1.0
 DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used until tuned values are stored
 
 
-def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config):
-    """Generate with the plan applied to the hookpoint at its steps, on both CFG halves."""
+def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
+    """Generate with the plan applied to the hookpoint (on the signal the SAE was trained on), both CFG halves."""
     from .hooks import intervene
     from .pipelines import sample
 
-    with torch.no_grad(), intervene(pipe, hookpoint, lambda acts, step, _t: ablate_acts(sae, acts, plan.steps.get(step))) as hook:
+    with torch.no_grad(), intervene(pipe, hookpoint, lambda acts, step, t: ablate_acts(sae, acts, plan.at(step, t)), capture=capture) as hook:
         return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
+
+
+@dataclass
+class AblationSite:
+    """An SAE folder ready for ablation: its hookpoint and signal, the SAE, its concept scores and tuned values."""
+
+    sae_dir: Path
+    hookpoint: str
+    capture: str  # "output" or "residual": what the SAE was trained on
+    sae: object
+    scores: ConceptScores
+    tuned: dict[str, dict]  # target -> {"percentile", "multiplier", ...} from tuned.json
+
+    def params(self, target: str, multiplier: float | None = None, percentile: float | None = None) -> dict:
+        """The target's {percentile, multiplier}: given values, else the tuned ones, else the defaults."""
+        stored = self.tuned.get(target, {})
+        return {
+            "multiplier": multiplier if multiplier is not None else stored.get("multiplier", DEFAULT_MULTIPLIER),
+            "percentile": percentile if percentile is not None else stored.get("percentile", DEFAULT_PERCENTILE),
+        }
+
+    def plan(self, targets: list[str], multiplier: float | None = None, percentile: float | None = None,
+             params: dict[str, dict] | None = None) -> AblationPlan:
+        """One plan erasing all targets, each selected with its own values (`params[target]` or `self.params`)."""
+        plans = []
+        for t in targets:
+            p = (params or {}).get(t) or self.params(t, multiplier, percentile)
+            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"]))
+        return merge_plans(*plans)
+
+    def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:
+        """Generate with the plan applied at this SAE's hookpoint."""
+        return sample_with_ablation(pipe, self.sae, self.hookpoint, plan, prompts, seeds, config, capture=self.capture)
+
+
+TUNED_FILE = "tuned.json"
+
+
+def load_ablation_site(sae_dir: str | Path, pipe=None) -> AblationSite:
+    """Open an SAE folder written by `saeuron train` + `saeuron score` (clear errors for what is missing)."""
+    import json
+
+    from .sae import load_sae
+
+    sae_dir = Path(sae_dir)
+    cfg_path = sae_dir / "train_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    if not cfg.get("hookpoint"):
+        raise UserError(f"{str(sae_dir)!r} has no train_config.json naming its hookpoint")
+    scores_path = sae_dir / "concepts.h5"
+    if not scores_path.exists():
+        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
+    width = None
+    if pipe is not None:
+        from .hooks import get_hookpoint
+
+        width = get_hookpoint(pipe, cfg["hookpoint"]).width
+    sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"]).eval()
+    tuned_path = sae_dir / TUNED_FILE
+    tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+    return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned)
 
 
 def parse_targets(text: str) -> list[str]:

@@ -45,16 +45,22 @@ def _cache_path(run: Path) -> Path | None:
     return None
 
 
+def _train_config(folder: Path) -> dict:
+    """The folder's train_config.json ({} for a foreign SAE without one, or an unreadable file)."""
+    try:
+        cfg = json.loads((folder / "train_config.json").read_text())
+        return cfg if isinstance(cfg, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def _sae_hookpoint(folder: Path) -> str:
-    cfg = folder / "train_config.json"
-    if cfg.exists():
-        try:
-            hp = json.loads(cfg.read_text()).get("hookpoint")
-            if hp:
-                return str(hp)
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    return folder.name
+    return str(_train_config(folder).get("hookpoint") or folder.name)
+
+
+def sae_capture(folder: str | Path) -> str:
+    """The signal an SAE folder was trained on: 'output' (default) or 'residual'."""
+    return str(_train_config(Path(folder)).get("capture", "output"))
 
 
 def inspect_run(run: str | Path) -> RunInfo:
@@ -251,17 +257,9 @@ def feature_table(stats: FeatureStats, scores=None) -> "pandas.DataFrame":  # no
 # ---------------------------------------------------------------- interventions for the Ablate page
 
 
-def nearest_step(scores, timestep: int | None, step: int | None) -> int | None:
-    """The cached step whose timestep is nearest `timestep` (the sampler may use another step count)."""
-    steps = scores.steps if scores.steps is not None else np.arange(len(scores.timesteps))
-    if timestep is None:
-        return step
-    return int(steps[int(np.argmin(np.abs(np.asarray(scores.timesteps) - timestep)))])
-
-
 def manual_plan(scores, features: list[int], multiplier: float, step_window: tuple[int, int] | None = None):
     """An AblationPlan for hand-picked features: SAeUron's rule with mu = the strongest concept's mean per step."""
-    from .ablate import AblationPlan, StepAblation
+    from .ablate import AblationPlan, StepAblation, cached_step_timesteps
 
     n_feat = scores.scores.shape[2]
     for f in features:
@@ -278,44 +276,12 @@ def manual_plan(scores, features: list[int], multiplier: float, step_window: tup
         out[step] = StepAblation(torch.tensor(ids, dtype=torch.long),
                                  torch.tensor(multiplier * mu.max(0), dtype=torch.float32),
                                  torch.tensor(mu.mean(0), dtype=torch.float32))
-    return AblationPlan(out)
-
-
-def merge_plans(a, b):
-    """Union of two plans step by step (b's entry wins for a feature in both)."""
-    from .ablate import AblationPlan, StepAblation
-
-    out = dict(a.steps)
-    for step, sb in b.steps.items():
-        if step not in out:
-            out[step] = sb
-            continue
-        sa = out[step]
-        table = {int(f): (float(s), float(t)) for f, s, t in zip(sa.features, sa.scale, sa.threshold)}
-        table.update({int(f): (float(s), float(t)) for f, s, t in zip(sb.features, sb.scale, sb.threshold)})
-        ids = sorted(table)
-        out[step] = StepAblation(torch.tensor(ids, dtype=torch.long), torch.tensor([table[i][0] for i in ids]),
-                                 torch.tensor([table[i][1] for i in ids]))
-    return AblationPlan(out)
-
-
-@torch.no_grad()
-def sample_ablated(pipe, sae, hookpoint: str, scores, plan, prompts, seeds, config) -> torch.Tensor:
-    """Generate with the plan applied, mapping each sampler step to the cached step of nearest timestep."""
-    from .ablate import ablate_acts
-    from .hooks import intervene
-    from .pipelines import sample
-
-    def fn(acts, step, t):
-        return ablate_acts(sae, acts, plan.steps.get(nearest_step(scores, t, step)))
-
-    with intervene(pipe, hookpoint, fn) as hook:
-        return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
+    return AblationPlan(out, cached_step_timesteps(scores))
 
 
 @torch.no_grad()
 def sample_steered(pipe, sae, hookpoint: str, feature: int, value: float, mode: str, prompts, seeds, config,
-                   step_window: tuple[int, int] | None = None) -> torch.Tensor:
+                   step_window: tuple[int, int] | None = None, capture: str = "output") -> torch.Tensor:
     """Generate with one feature turned up (or down) at the sampler steps inside the window."""
     from .ablate import steer_acts
     from .hooks import intervene
@@ -329,7 +295,7 @@ def sample_steered(pipe, sae, hookpoint: str, feature: int, value: float, mode: 
             return steer_acts(sae, acts, feature, value, mode)
         return acts
 
-    with intervene(pipe, hookpoint, fn) as hook:
+    with intervene(pipe, hookpoint, fn, capture=capture) as hook:
         return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
 
 

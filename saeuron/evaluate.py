@@ -89,25 +89,28 @@ def answer_set_grid(images: torch.Tensor, answers: AnswerSet, path: Path, seed_i
 # ---------------------------------------------------------------- unlearning metrics (UnlearnCanvas)
 
 
-def unlearning_metrics(target: str, answers: AnswerSet, labels: list[dict]) -> dict:
+def unlearning_metrics(target: str, answers: AnswerSet, labels: list[dict], erased: Sequence[str] = ()) -> dict:
     """UA, IRA, CRA (%) of one erased concept from the classifier labels of the answer set.
 
     UA = 1 - accuracy on images of the target; IRA = accuracy (same head) on images of the
-    other concepts of its kind; CRA = accuracy of the other head on every image.
+    other concepts of its kind; CRA = accuracy of the other head on every image. Images of
+    the other concepts in `erased` (erased together with the target) count in neither.
     """
     kind, _, name = target.partition(":")
     other = "object" if kind == "style" else "style"
+    gone = {c.partition(":")[::2] for c in erased} | {(kind, name)}
     rows = answers.rows()
     truth = [{"style": s, "object": o} for s, o, _ in rows]
     on_target = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if t[kind] == name]
-    in_domain = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if t[kind] != name]
-    cross = [lab[other] == t[other] for lab, t in zip(labels, truth)]
+    in_domain = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if (kind, t[kind]) not in gone]
+    cross = [lab[other] == t[other] for lab, t in zip(labels, truth) if (other, t[other]) not in gone]
     if not on_target:
         raise ValueError(f"the answer set has no image of {target!r}")
+    nan = float("nan")
     return {
         "UA": 100 * (1 - float(np.mean(on_target))),
-        "IRA": 100 * float(np.mean(in_domain)) if in_domain else float("nan"),
-        "CRA": 100 * float(np.mean(cross)),
+        "IRA": 100 * float(np.mean(in_domain)) if in_domain else nan,
+        "CRA": 100 * float(np.mean(cross)) if cross else nan,
     }
 
 
@@ -149,37 +152,32 @@ def _labels_of(images: torch.Tensor) -> list[dict]:
     return [vars(label) for label in classify(images)]
 
 
-def ablated_answer_set(pipe, sae, hookpoint: str, scores, targets: list[str], answers: AnswerSet, config: SamplerConfig,
-                       multiplier: float, percentile: float) -> torch.Tensor:
-    """The answer set generated with the targets ablated together."""
-    from .ablate import plan_ablation, sample_with_ablation
-
-    plan = plan_ablation(scores, targets, multiplier, percentile=percentile)
-    return sample_with_ablation(pipe, sae, hookpoint, plan, answers.prompts(), [k for _, _, k in answers.rows()], config)
+def ablated_answer_set(pipe, site, targets: list[str], answers: AnswerSet, config: SamplerConfig, params: dict[str, dict]) -> torch.Tensor:
+    """The answer set generated with the targets ablated together (`params[target]` = {percentile, multiplier})."""
+    return site.sample(pipe, site.plan(targets, params=params), answers.prompts(), [k for _, _, k in answers.rows()], config)
 
 
-def tune_target(pipe, sae, hookpoint: str, scores, target: str, seeds: Sequence[int], config: SamplerConfig,
-                grid: dict = TUNING_GRID) -> dict:
+def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID) -> dict:
     """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds."""
     answers = full_answer_set(seeds)
     best = None
     for pct in grid["percentile"]:
         for mult in grid["multiplier"]:
-            labels = _labels_of(ablated_answer_set(pipe, sae, hookpoint, scores, [target], answers, config, mult, pct))
-            m = unlearning_metrics(target, answers, labels)
+            params = {target: {"percentile": pct, "multiplier": mult}}
+            m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, params)))
             objective = (m["UA"] + m["IRA"]) / 2
             if best is None or objective > best["objective"]:
                 best = {"percentile": pct, "multiplier": mult, "objective": objective, **m}
     return best
 
 
-def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], seeds: Sequence[int], config: SamplerConfig,
-                        params: dict[str, dict], together: bool = False, progress=None, report_dir: Path | None = None,
+def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], config: SamplerConfig, params: dict[str, dict],
+                        together: bool = False, progress=None, report_dir: Path | None = None,
                         base_images: torch.Tensor | None = None) -> dict:
-    """UA / IRA / CRA per target, the base model's accuracies, means per kind, and fidelity on kept prompts.
+    """UA / IRA / CRA per target (and the base model's, as reference), means per kind, and fidelity on kept prompts.
 
-    `params[target]` holds the target's {percentile, multiplier}. `base_images`, if given, are the
-    base model's images of the answer set (generated otherwise).
+    `site` is an `ablate.AblationSite`; `params[target]` holds the target's {percentile,
+    multiplier}. `base_images`, if given, are the base model's images of the answer set.
     """
     answers = full_answer_set(seeds)
     if base_images is None:
@@ -191,15 +189,16 @@ def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], s
     groups = [list(targets)] if together else [[t] for t in targets]
     results: dict[str, dict] = {}
     for group in groups:
-        p = params[group[0]]
-        images = ablated_answer_set(pipe, sae, hookpoint, scores, group, answers, config, p["multiplier"], p["percentile"])
+        images = ablated_answer_set(pipe, site, group, answers, config, params)
         labels = _labels_of(images)
         if report_dir is not None:
             answer_set_grid(images, answers, report_dir / f"ablated_{'+'.join(group).replace(':', '-')}.png")
         kept = [i for i, (s, o, _) in enumerate(answers.rows()) if f"style:{s}" not in group and f"object:{o}" not in group]
         fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept]) if kept else {}
         for t in group:
-            results[t] = {**unlearning_metrics(t, answers, labels), "percentile": p["percentile"], "multiplier": p["multiplier"], "fidelity": fid}
+            results[t] = {**unlearning_metrics(t, answers, labels, erased=group), "percentile": params[t]["percentile"],
+                          "multiplier": params[t]["multiplier"], "fidelity": fid,
+                          "base": unlearning_metrics(t, answers, base_labels, erased=group)}
         if progress is not None:
             progress(group)
     mean = {}
@@ -208,17 +207,20 @@ def evaluate_unlearning(pipe, sae, hookpoint: str, scores, targets: list[str], s
         if rows:
             mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
     return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
-            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": hookpoint}}
+            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint}}
 
 
 def markdown_report(results: dict) -> str:
     """A Markdown table of UA / IRA / CRA per target and the means."""
-    lines = ["| target | UA | IRA | CRA | percentile | multiplier | changed labels (kept prompts) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | UA | IRA | CRA | base UA / IRA / CRA | percentile | multiplier | changed labels (kept prompts) |",
+             "|---|---|---|---|---|---|---|---|"]
     for t, m in results["targets"].items():
         changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))
-        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {m['percentile']} | {m['multiplier']} | {changed:.1f}% |")
+        b = m.get("base", {})
+        base = " / ".join(f"{b[k]:.1f}" for k in ("UA", "IRA", "CRA")) if b else ""
+        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {m['percentile']} | {m['multiplier']} | {changed:.1f}% |")
     for kind, m in results["mean"].items():
-        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | |")
+        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | | |")
     b = results["base"]
     lines.append("")
     lines.append(f"Base model: style accuracy {b['style_accuracy']:.1f}%, object accuracy {b['object_accuracy']:.1f}%.")
@@ -237,39 +239,51 @@ def parse_target_spec(text: str) -> list[str]:
     return parse_targets(text)
 
 
+def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig) -> dict:
+    """What tuned values depend on: tuning seeds, sampler, and the concept scores (by content hash)."""
+    import hashlib
+
+    digest = hashlib.sha256((site.sae_dir / "concepts.h5").read_bytes()).hexdigest()[:16]
+    return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest}
+
+
 def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
                    together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None) -> dict:
-    """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning)."""
+    """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning).
+
+    Stored values are reused only when they were tuned on seeds disjoint from `seeds`, with
+    the same sampler and the same concept scores; with `tune_seeds`, stale ones are re-tuned.
+    """
     import json
 
     from tqdm import tqdm
 
-    from .concepts import ConceptScores
+    from .ablate import TUNED_FILE, load_ablation_site
     from .errors import UserError
     from .pipelines import load_pipeline
-    from .sae import load_sae
 
     if tune_seeds and set(tune_seeds) & set(seeds):
         raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
-    hookpoint = json.loads((sae_dir / "train_config.json").read_text())["hookpoint"]
     pipe = pipe or load_pipeline()
-    sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
-    scores_path = sae_dir / "concepts.h5"
-    if not scores_path.exists():
-        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
-    scores = ConceptScores.load(scores_path)
-    tuned_path = sae_dir / "tuned.json"
-    tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
-    from .ablate import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE
-
+    site = load_ablation_site(sae_dir, pipe)
+    for t in targets:
+        site.scores.index(t)  # unknown concept: a clear error before any generation
+    tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config)
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
-        if tune_seeds and t not in tuned:
-            tuned[t] = tune_target(pipe, sae, hookpoint, scores, t, tune_seeds, config)
-            tuned[t]["tune_seeds"] = list(tune_seeds)
-            tuned_path.write_text(json.dumps(tuned, indent=1))
-    params = {t: tuned.get(t, {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}) for t in targets}
+        if tune_seeds and {k: tuned.get(t, {}).get(k) for k in current} != current:
+            tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config), **current}
+            (sae_dir / TUNED_FILE).write_text(json.dumps(tuned, indent=1))
+    for t in (t for t in targets if t in tuned):
+        stored = tuned[t]
+        if set(stored.get("tune_seeds", [])) & set(seeds):
+            raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned on seeds {stored['tune_seeds']}, which overlap the "
+                            f"evaluation seeds; re-tune with --tune-seeds disjoint from --seeds")
+        if any(stored.get(k) not in (None, current[k]) for k in ("sampler", "scores_sha256")):
+            raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings or other concept "
+                            f"scores than now; re-tune with --tune-seeds")
+    params = {t: site.params(t) for t in targets}
     bar = tqdm(total=1 if together else len(targets), desc="evaluating")
-    results = evaluate_unlearning(pipe, sae, hookpoint, scores, targets, seeds, config, params, together,
+    results = evaluate_unlearning(pipe, site, targets, seeds, config, params, together,
                                   progress=lambda _g: bar.update(1), report_dir=report_dir, base_images=base_images)
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)

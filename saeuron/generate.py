@@ -135,27 +135,13 @@ def _cmd_generate(args) -> None:
 
 
 def _generate_ablated(pipe, prompts, seeds, config, args) -> list[dict]:
-    """Generate with SAeUron's ablation of the --ablate targets."""
-    from .ablate import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, parse_targets, plan_ablation, sample_with_ablation
-    from .concepts import ConceptScores
-    from .hooks import get_hookpoint
-    from .sae import load_sae
+    """Generate with SAeUron's ablation of the --ablate targets (each with its tuned values unless given)."""
+    from .ablate import load_ablation_site, parse_targets
 
-    sae_dir = Path(args.sae)
-    scores_path = sae_dir / "concepts.h5"
-    if not scores_path.exists():
-        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
-    train_cfg = sae_dir / "train_config.json"
-    hookpoint = json.loads(train_cfg.read_text()).get("hookpoint") if train_cfg.exists() else None
-    if hookpoint is None:
-        raise UserError(f"{str(sae_dir)!r} has no train_config.json naming its hookpoint")
-    sae = load_sae(sae_dir, expected_width=get_hookpoint(pipe, hookpoint).width, hookpoint=hookpoint).eval()
-    targets = parse_targets(args.ablate or "")
-    multiplier = DEFAULT_MULTIPLIER if args.multiplier is None else args.multiplier
-    percentile = DEFAULT_PERCENTILE if args.percentile is None else args.percentile
-    plan = plan_ablation(ConceptScores.load(scores_path), targets, multiplier, percentile=percentile)
+    site = load_ablation_site(args.sae, pipe)
+    plan = site.plan(parse_targets(args.ablate or ""), multiplier=args.multiplier, percentile=args.percentile)
     pairs = [(p, s) for p in prompts for s in seeds]
-    images = sample_with_ablation(pipe, sae, hookpoint, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
+    images = site.sample(pipe, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
     return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], Path(args.out))
 
 
@@ -183,8 +169,8 @@ def register_cli(sub) -> None:
     add_sampler_args(p)
     p.add_argument("--sae", help="SAE folder (with concepts.h5) for --ablate")
     p.add_argument("--ablate", help="concepts to erase: style:NAME[,object:NAME...]")
-    p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default -1)")
-    p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default 99.7)")
+    p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
+    p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("classify", help="label every PNG of a folder with the shipped style/object classifier")

@@ -291,32 +291,46 @@ def capture(pipe, hookpoints: Sequence[str], sink: Sink, branch: str = "cond", s
 
 
 class Intervention(_StepHooks):
-    """Context manager replacing a block's output on both CFG halves with `fn(acts_btd, step_index, timestep)`."""
+    """Context manager replacing a block's signal on both CFG halves with `fn(acts_btd, step_index, timestep)`.
 
-    def __init__(self, pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor]):
+    With capture='output' the signal is the block's output; with 'residual' it is output - input
+    (what a residual-trained SAE saw), and the block returns output + fn(residual) - residual.
+    """
+
+    def __init__(self, pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor], capture: str = "output"):
+        if capture not in CAPTURE_CHOICES:
+            raise UserError(f"unknown capture {capture!r}; valid: {', '.join(CAPTURE_CHOICES)}")
         super().__init__(pipe)
         self.path = _strip(hookpoint)
         self.module = resolve_module(pipe, hookpoint)
         self.fn = fn
+        self.capture = capture
 
-    def _hook(self, module, args, output):
+    def _hook(self, module, args, kwargs, output):
         out = _main_tensor(output)
         if out is None:
             return None
-        acts_btd = to_tokens(out)
+        base = None
+        if self.capture == "residual":
+            base = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(base, torch.Tensor) or base.shape != out.shape:
+                raise UserError(f"capture='residual' needs a block whose input and output have the same shape; {self.path!r} does not")
+        acts_btd = to_tokens(out if base is None else out - base)
         new = self.fn(acts_btd, self.tracker.step, self.tracker.timestep)
         if not isinstance(new, torch.Tensor) or new.shape != acts_btd.shape:
             got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
             raise UserError(f"intervention on {self.path!r} must return a tensor of shape {tuple(acts_btd.shape)}, got {got}")
+        if base is not None:  # output + (new residual - residual): exactly the output when fn changes nothing
+            return _replace_main_tensor(output, out + from_tokens((new - acts_btd).to(out.dtype), out))
         return _replace_main_tensor(output, from_tokens(new.to(out.dtype), out))
 
     def _register(self) -> list:
-        return [self.module.register_forward_hook(self._hook)]
+        return [self.module.register_forward_hook(self._hook, with_kwargs=True)]
 
 
-def intervene(pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor]) -> Intervention:
-    """Within the `with` block, the hookpoint's output becomes `fn(acts_btd, step_index, timestep)` (both CFG halves)."""
-    return Intervention(pipe, hookpoint, fn)
+def intervene(pipe, hookpoint: str, fn: Callable[[torch.Tensor, int | None, int | None], torch.Tensor], capture: str = "output") -> Intervention:
+    """Within the `with` block, the hookpoint's signal becomes `fn(acts_btd, step_index, timestep)` (both CFG halves)."""
+    return Intervention(pipe, hookpoint, fn, capture=capture)
 
 
 # ---------------------------------------------------------------- CLI

@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     buffer_rows: int = 262_144  # shuffle buffer of the store reader
     d_in: int | None = None  # filled in from the data
+    capture: str = "output"  # the signal the store recorded (block output or output - input); ablation edits the same
 
     def to_json(self) -> str:
         """The config as indented JSON."""
@@ -254,7 +255,8 @@ def _from_store(cfg: TrainConfig, data_seed: int) -> tuple[TrainConfig, Iterator
         raise UserError(f"the store holds rows of {len(prompt_ids)} prompt(s); at least 2 are needed to hold out validation images")
     is_val = validation_prompt_mask(prompt_ids, cfg.val_fraction)
     train_ids, val_ids = prompt_ids[~is_val], prompt_ids[is_val]
-    cfg = _resolve(cfg, open_store(cfg.cache).widths[cfg.hookpoint])
+    info = open_store(cfg.cache)
+    cfg = _resolve(dataclasses.replace(cfg, capture=info.config.get("capture", "output")), info.widths[cfg.hookpoint])
     n_train = count_rows(cfg.cache, cfg.hookpoint, prompts=train_ids, timesteps=cfg.timesteps)
     if n_train == 0 and cfg.timesteps is not None:
         raise UserError(f"no rows of {cfg.hookpoint!r} at --timesteps {' '.join(map(str, cfg.timesteps))}; give timestep values as stored in the cache")

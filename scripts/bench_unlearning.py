@@ -1,6 +1,6 @@
 """SAeUron unlearning on minicanvas over every style and every object (UnlearnCanvas metrics).
 
-    python scripts/bench_unlearning.py [--run activations/bench] [--eval-seeds 0-1] [--tune-seeds 100]
+    python scripts/bench_unlearning.py [--run activations/bench] [--cache-seeds 0-1] [--tune-seeds 100] [--eval-seeds 200-201]
 
 Builds (or reuses) a run directory like `saeuron demo` with more cache seeds, tunes each
 target's (percentile, multiplier) on the tuning seeds, evaluates every style (on the style
@@ -20,20 +20,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import plan_ablation, sample_with_ablation  # noqa: E402
-from saeuron.concepts import ConceptScores  # noqa: E402
+from saeuron.ablate import load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, run_demo  # noqa: E402
 from saeuron.evaluate import markdown_report, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, sample  # noqa: E402
-from saeuron.sae import load_sae  # noqa: E402
 
 
 def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> float:
     """Ablated generation time / plain generation time for the same 50 prompts, best of `repeats`, interleaved."""
-    sae_dir = run / "saes" / STYLE_HOOKPOINT
-    sae = load_sae(sae_dir, hookpoint=STYLE_HOOKPOINT).eval()
-    plan = plan_ablation(ConceptScores.load(sae_dir / "concepts.h5"), ["style:neon"], -1.0, percentile=99.7)
+    site = load_ablation_site(run / "saes" / STYLE_HOOKPOINT, pipe)
+    plan = site.plan(["style:neon"], multiplier=-1.0, percentile=99.7)
     prompts, seeds = ["a star in neon style"] * 50, list(range(50))
     sample(pipe, prompts[:1], seeds[:1], SamplerConfig(steps=1))  # warm-up
     plain, ablated = [], []
@@ -42,7 +39,7 @@ def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> flo
         sample(pipe, prompts, seeds, sampler)
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        sample_with_ablation(pipe, sae, STYLE_HOOKPOINT, plan, prompts, seeds, sampler)
+        site.sample(pipe, plan, prompts, seeds, sampler)
         ablated.append(time.perf_counter() - t0)
     return min(ablated) / min(plain)
 
@@ -51,10 +48,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("activations/bench"))
     p.add_argument("--cache-seeds", default="0-1")
-    p.add_argument("--eval-seeds", default="0-1")
+    p.add_argument("--eval-seeds", default="200-201", help="evaluation seeds, disjoint from the cache and tuning seeds")
     p.add_argument("--tune-seeds", default="100")
     p.add_argument("--time-only", action="store_true", help="only the ablated / plain time ratio, on the existing --run")
     args = p.parse_args()
+    overlap = set(parse_seeds(args.eval_seeds)) & (set(parse_seeds(args.cache_seeds)) | set(parse_seeds(args.tune_seeds)))
+    if overlap:
+        raise SystemExit(f"evaluation seeds {sorted(overlap)} are also cache or tuning seeds; they must be disjoint")
     sampler = SamplerConfig()
     pipe = load_pipeline()
     if args.time_only:

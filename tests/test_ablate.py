@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.ablate import StepAblation, ablate_acts, plan_ablation, steer_acts
+from saeuron.ablate import AblationPlan, StepAblation, ablate_acts, merge_plans, plan_ablation, steer_acts
 from saeuron.concepts import ConceptMeanAccumulator, ConceptScores, select_features
 from saeuron.errors import UserError
 
@@ -82,3 +82,32 @@ def test_plan_is_union_over_targets():
     assert (plan.steps[0].scale < 0).all()
     with pytest.raises(UserError, match="must be negative"):
         plan_ablation(scores, ["style:a"], multiplier=2.0, top_n=1)
+
+
+def test_sampler_steps_use_the_cached_step_of_nearest_timestep():
+    scores = _toy_scores()  # cached steps 0, 1 at timesteps 900, 400
+    plan = plan_ablation(scores, ["style:a"], multiplier=-1.0, top_n=1)
+    assert plan.timesteps == {0: 900, 1: 400}
+    # a sampler with more steps than the cache: every step maps to the step of nearest noise level
+    assert plan.at(0, 999) is plan.steps[0] and plan.at(3, 700) is plan.steps[0]
+    assert plan.at(5, 600) is plan.steps[1] and plan.at(9, 1) is plan.steps[1]
+    # without a timestep (or without timesteps in the plan) the step index is used
+    assert plan.at(1, None) is plan.steps[1]
+    assert AblationPlan(plan.steps).at(1, 900) is plan.steps[1]
+    # a step window leaves the other cached steps alone, whatever the sampler's step count
+    windowed = plan_ablation(scores, ["style:a"], multiplier=-1.0, top_n=1, step_window=(1, 2))
+    assert windowed.at(0, 950) is None and windowed.at(7, 350) is windowed.steps[1]
+
+
+def test_merged_plans_keep_every_feature_with_its_strongest_scale():
+    scores = _toy_scores()
+    a = plan_ablation(scores, ["style:a"], multiplier=-1.0, top_n=1)
+    b = plan_ablation(scores, ["style:b"], multiplier=-5.0, top_n=1)
+    strong_a = plan_ablation(scores, ["style:a"], multiplier=-10.0, top_n=1)
+    merged = merge_plans(a, b, strong_a)
+    assert merged.timesteps == a.timesteps
+    for step in (0, 1):
+        assert merged.steps[step].features.tolist() == [0, 1]
+        assert merged.steps[step].scale[0] == strong_a.steps[step].scale[0]
+        assert merged.steps[step].scale[1] == b.steps[step].scale[0]
+    assert merge_plans().n_features() == 0

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import TINY_HOOKPOINT
@@ -69,3 +70,51 @@ def test_evaluate_writes_unlearncanvas_schema_and_report(tiny_run, minicanvas_pi
     assert (tmp_path / "report" / "report.md").read_text().startswith("| target |")
     assert (tmp_path / "report" / "base.png").exists()
     assert res["targets"] == saved["targets"]
+
+
+def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas_pipe, tmp_path):
+    import shutil
+
+    from saeuron.ablate import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, load_ablation_site
+    from saeuron.errors import UserError
+    from saeuron.evaluate import run_evaluation
+
+    sae_dir = tmp_path / "sae"
+    shutil.copytree(tiny_run / "saes" / TINY_HOOKPOINT, sae_dir)
+    fast = SamplerConfig(steps=2)
+    tuned = {"style:neon": {"percentile": 99.0, "multiplier": -5.0, "tune_seeds": [0]}}
+    (sae_dir / "tuned.json").write_text(json.dumps(tuned))
+    site = load_ablation_site(sae_dir)
+    assert site.capture == "output" and site.hookpoint == TINY_HOOKPOINT
+    assert site.params("style:neon") == {"percentile": 99.0, "multiplier": -5.0}  # `generate --ablate` uses these
+    assert site.params("style:neon", multiplier=-2.0) == {"percentile": 99.0, "multiplier": -2.0}
+    assert site.params("style:lava") == {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}
+
+    def evaluate():
+        return run_evaluation(sae_dir, ["style:neon"], [0], None, fast, False, tmp_path / "r.json", None, pipe=minicanvas_pipe)
+
+    with pytest.raises(UserError, match="overlap the evaluation seeds"):
+        evaluate()
+    tuned["style:neon"].update(tune_seeds=[7], sampler=vars(SamplerConfig(steps=9)))
+    (sae_dir / "tuned.json").write_text(json.dumps(tuned))
+    with pytest.raises(UserError, match="other sampler settings"):
+        evaluate()
+
+
+def test_a_multi_target_plan_gives_each_target_its_own_values(tiny_run):
+    from saeuron.ablate import load_ablation_site
+
+    site = load_ablation_site(tiny_run / "saes" / TINY_HOOKPOINT)
+    params = {"style:neon": {"percentile": 99.0, "multiplier": -5.0}, "object:star": {"percentile": 98.0, "multiplier": -2.0}}
+    plan = site.plan(list(params), params=params)
+    star_row, checked = site.scores.index("object:star"), 0
+    for t, step in enumerate(site.scores.steps.tolist()):
+        neon = plan_ablation(site.scores, ["style:neon"], -5.0, percentile=99.0).steps.get(step)
+        star = plan_ablation(site.scores, ["object:star"], -2.0, percentile=98.0).steps.get(step)
+        neon_ids = set(neon.features.tolist()) if neon else set()
+        got = dict(zip(plan.steps[step].features.tolist(), plan.steps[step].scale.tolist()))
+        assert neon_ids | set(star.features.tolist()) == set(got)
+        for f in set(star.features.tolist()) - neon_ids:  # star's own features carry star's multiplier
+            assert got[f] == pytest.approx(-2.0 * float(site.scores.mean_acts[star_row, t, f]), rel=1e-5)
+            checked += 1
+    assert checked > 0

@@ -17,6 +17,20 @@ def test_unlearning_metrics_follow_unlearncanvas():
     assert m["UA"] == pytest.approx(100 * 1 / 4) and m["CRA"] == pytest.approx(50.0)
 
 
+def test_concepts_erased_together_count_in_no_retained_accuracy():
+    answers = AnswerSet(("a", "b", "c"), ("x", "y"), (0,))
+    rows = answers.rows()
+    # styles a and b erased together (both unrecognised); c kept; style a's images also lose their object
+    labels = [{"style": "c" if s in "ab" else s, "object": "y" if s == "a" else o} for s, o, _ in rows]
+    alone = unlearning_metrics("style:a", answers, labels)
+    assert alone["IRA"] == pytest.approx(50.0)  # b's images count as retained when a is erased alone
+    m = unlearning_metrics("style:a", answers, labels, erased=["style:a", "style:b"])
+    assert m["UA"] == 100.0 and m["IRA"] == 100.0 and m["CRA"] == pytest.approx(100 * 5 / 6)
+    # a style and an object erased together: the object's images leave the style's CRA
+    m = unlearning_metrics("style:a", answers, labels, erased=["style:a", "object:x"])
+    assert m["CRA"] == 100.0  # only the y images count, and all keep their object
+
+
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(200, 4))

@@ -138,6 +138,29 @@ def test_intervene_identity_zero_and_steps(pipe, reference):
     assert _no_hooks(pipe)
 
 
+def test_residual_intervention_sees_output_minus_input_and_is_exact_when_unchanged(pipe, reference):
+    with hooks.intervene(pipe, HP1, lambda a, s, t: a, capture="residual") as iv:
+        assert torch.equal(sample(pipe, PROMPTS, SEEDS, CFG, on_step=iv.on_step), reference)
+    seen, recorded = [], []
+    with hooks.intervene(pipe, HP1, lambda a, s, t: seen.append(a.clone()) or a, capture="residual") as iv, hooks.capture(
+        pipe, [HP1], lambda hp, s, t, b, a: recorded.append(a.clone()), branch="both", capture="residual"
+    ) as cap:
+        sample(pipe, PROMPTS, SEEDS, CFG, on_step=lambda i, t: (iv.on_step(i, t), cap.on_step(i, t)))
+    assert len(seen) == CFG.steps and len(recorded) == 2 * CFG.steps
+    for i, acts in enumerate(seen):  # the batch is [uncond; cond], as capture's two branches
+        assert torch.equal(acts, torch.cat(recorded[2 * i : 2 * i + 2]))
+    # adding d to the residual adds d to the block output, as on the output itself
+    d = torch.full((1, 1, 64), 0.5)
+    with hooks.intervene(pipe, HP1, lambda a, s, t: a + d, capture="residual") as iv:
+        via_residual = sample(pipe, PROMPTS, SEEDS, CFG, on_step=iv.on_step)
+    with hooks.intervene(pipe, HP1, lambda a, s, t: a + d) as iv:
+        via_output = sample(pipe, PROMPTS, SEEDS, CFG, on_step=iv.on_step)
+    torch.testing.assert_close(via_residual, via_output, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(via_output, reference)
+    with pytest.raises(UserError, match="capture 'input'"):
+        hooks.intervene(pipe, HP1, lambda a, s, t: a, capture="input")
+
+
 def test_cli_hookpoints(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "model")
     assert cli.main(["hookpoints", "--model", str(tmp_path / "model"), "--json"]) == 0

@@ -196,13 +196,13 @@ def test_resume_continues_an_interrupted_run(tmp_path, data):
     assert train(cfg, resume=True, data=counted, val_acts=val) == metrics  # already complete
 
 
-def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400) -> None:
+def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400, capture: str = "output") -> None:
     """A tiny `saeuron cache` store, one unit per prompt, rows at timesteps 999, 500 and 1; column 0 holds the prompt index."""
     x = synthetic(n_prompts * rows_per_prompt, seed=3)
     prompt = np.repeat(np.arange(n_prompts), rows_per_prompt)
     step = np.tile(np.repeat([0, 1, 2], [134, 133, 133]), n_prompts)
     x[:, 0] = torch.from_numpy(prompt).float()  # lets the test see which prompt a row came from
-    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1)
+    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1, capture=capture)
     cache._Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: D_IN})
     w = cache._Writer(path)
     for p in range(n_prompts):
@@ -242,6 +242,16 @@ def test_cli_trains_from_store_with_held_out_prompts(tmp_path, capsys):
     assert metrics["val_prompts"] >= 1 and metrics["train_prompts"] + metrics["val_prompts"] == 12
     assert "validation FVU" in capsys.readouterr().out
     load_sae(out, expected_width=D_IN)
+    assert json.loads((out / "train_config.json").read_text())["capture"] == "output"
+
+
+def test_train_config_records_the_signal_the_store_holds(tmp_path):
+    """An SAE trained on residuals (output - input) says so: ablation must edit the same signal."""
+    write_store(tmp_path / "res.h5", capture="residual")
+    out = tmp_path / "sae"
+    assert main(["train", "--cache", str(tmp_path / "res.h5"), "--hookpoint", HOOK, "--out", str(out), "--k", "4",
+                 "--expansion", "2", "--batch-size", "256", "--tokens", str(256 * 2)]) == 0
+    assert json.loads((out / "train_config.json").read_text())["capture"] == "residual"
 
 
 def test_cli_user_errors(tmp_path, capsys):
