@@ -1,6 +1,6 @@
 """Quality of the shipped minicanvas model: classifier accuracy on its generations.
 
-    python scripts/bench_minicanvas.py [--seeds 0-3] [--out benchmarks/minicanvas_grid.png]
+    python scripts/bench_minicanvas.py [--seeds 0-3] [--model DIR] [--steps N] [--cfg G] [--out benchmarks/minicanvas_grid.png]
 
 Generates every style x object with each seed at the default sampler settings, labels the
 images with the shipped classifier and prints style / object accuracy (targets: >= 95 / >= 90).
@@ -27,9 +27,11 @@ def main():
     p.add_argument("--seeds", default="0-3")
     p.add_argument("--model", default="minicanvas")
     p.add_argument("--out", type=Path, default=Path("benchmarks/minicanvas_grid.png"))
+    p.add_argument("--steps", type=int, default=SamplerConfig.steps, help="DDIM steps (default: the sampler default)")
+    p.add_argument("--cfg", type=float, default=SamplerConfig.cfg, help="CFG scale (default: the sampler default)")
     args = p.parse_args()
     pipe = load_pipeline(args.model)
-    config = SamplerConfig()
+    config = SamplerConfig(steps=args.steps, cfg=args.cfg)
     answers = full_answer_set(parse_seeds(args.seeds))
     bar = tqdm(total=len(answers.rows()), desc="generating answer set")
     t0 = time.time()
