@@ -335,7 +335,9 @@ def _cmd_app(args) -> int:
 
 def register_cli(sub) -> None:
     """Add `saeuron app [RUN_DIR]`."""
-    p = sub.add_parser("app", help="open the Streamlit explorer (features, concepts, ablation) on a run directory")
+    from .cli import command_help
+
+    p = sub.add_parser("app", help=command_help("app"))
     p.add_argument("run_dir", nargs="?", default=os.environ.get("SAEURON_RUN", DEFAULT_RUN),
                    help=f"run directory (default $SAEURON_RUN or {DEFAULT_RUN})")
     p.add_argument("--port", type=int, default=8501)

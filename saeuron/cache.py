@@ -812,9 +812,11 @@ def _cmd_cache(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `cache`."""
+    from .cli import command_help
+
     from .generate import add_sampler_args
 
-    p = sub.add_parser("cache", help="sample prompts x seeds and store hookpoint activations in an HDF5 store (resumable)")
+    p = sub.add_parser("cache", help=command_help("cache"))
     p.add_argument("--hookpoints", required=True, help="comma-separated module paths, e.g. up_blocks.1.attentions.1 (see `saeuron hookpoints`)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompts", help="a file with one prompt per line (no concept labels)")

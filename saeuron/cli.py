@@ -1,7 +1,9 @@
 """The `saeuron` command line: one subcommand per stage, each reading and writing files.
 
 Each stage module exposes `register_cli(subparsers)`, which adds its subcommands and sets
-`func` on them; a `UserError` is printed as one line and exits with status 2.
+`func` on them; a `UserError` is printed as one line and exits with status 2. Only the
+module of the command being run is imported (the stages import torch, diffusers, sae-lens),
+so `saeuron --help` is instant.
 """
 
 from __future__ import annotations
@@ -12,28 +14,43 @@ import sys
 
 from .errors import UserError
 
-# stage modules that contribute subcommands, in the order they appear in --help
-STAGE_MODULES = ("saeuron.generate", "saeuron.hooks", "saeuron.cache", "saeuron.train", "saeuron.concepts", "saeuron.evaluate", "saeuron.demo", "saeuron.app")
+# subcommand -> (stage module that registers it, one-line help), in the order of --help
+COMMANDS = {
+    "concepts": ("saeuron.generate", "list the styles and objects of the minicanvas world"),
+    "generate": ("saeuron.generate", "generate one PNG per prompt x seed, with index.json"),
+    "classify": ("saeuron.generate", "label every PNG of a folder with the shipped style/object classifier"),
+    "hookpoints": ("saeuron.hooks", "list the UNet's hookpoints (cross-attention blocks; --all: every module) with their shapes"),
+    "cache": ("saeuron.cache", "sample prompts x seeds and store hookpoint activations in an HDF5 store (resumable)"),
+    "train": ("saeuron.train", "train an SAE on one hookpoint of an activation cache (sae-lens)"),
+    "score": ("saeuron.concepts", "per-timestep concept scores of every SAE feature (SAeUron)"),
+    "evaluate": ("saeuron.evaluate", "UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation on minicanvas"),
+    "demo": ("saeuron.demo", "run the end-to-end SAeUron demo on the shipped minicanvas model"),
+    "app": ("saeuron.app", "open the Streamlit explorer (features, concepts, ablation) on a run directory"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every stage's subcommands."""
+def command_help(name: str) -> str:
+    """The one-line help of a subcommand (stage modules use it in `register_cli`)."""
+    return COMMANDS[name][1]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: the full subcommand of `command` (importing its stage), the others as names only."""
     parser = argparse.ArgumentParser(prog="saeuron", description="SAEs for interpretability and concept unlearning in diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # a stage not written yet
-                continue
-            raise
-        module.register_cli(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register_cli(sub)
+    else:
+        for name, (_, text) in COMMANDS.items():
+            sub.add_parser(name, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -32,6 +32,7 @@ class ConceptScores:
     scores: np.ndarray  # (C, T, F)
     n_images: np.ndarray  # (C,)
     steps: np.ndarray | None = None  # (T,) step index of each row (None = 0..T-1)
+    seeds: np.ndarray | None = None  # seeds of the cached images the scores came from (None = unknown)
 
     def index(self, concept: str) -> int:
         """Row of a concept ('style:NAME' / 'object:NAME'); clear error if unknown."""
@@ -55,6 +56,8 @@ class ConceptScores:
             f.create_dataset("scores", data=self.scores.astype(np.float32), compression="gzip")
             f["n_images"] = self.n_images
             f["steps"] = self.steps if self.steps is not None else np.arange(len(self.timesteps))
+            if self.seeds is not None:
+                f["seeds"] = np.asarray(self.seeds, dtype=np.int64)
         tmp.replace(path)
 
     @classmethod
@@ -71,6 +74,7 @@ class ConceptScores:
                     scores=f["scores"][()],
                     n_images=f["n_images"][()],
                     steps=f["steps"][()],
+                    seeds=f["seeds"][()] if "seeds" in f else None,
                 )
         except (OSError, KeyError) as err:
             raise UserError(f"cannot read concept scores from {str(path)!r}: {err}") from None
@@ -183,6 +187,7 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
             acc.add(image_concepts(info.prompts[int(prompt)]), step_row[int(step)], mean)
     scores = acc.scores(timesteps)
     scores.steps = np.array(steps)
+    scores.seeds = np.unique(prov["seed"][keep]).astype(np.int64)
     return scores
 
 
@@ -204,7 +209,9 @@ def _cmd_score(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `score`."""
-    p = sub.add_parser("score", help="per-timestep concept scores of every SAE feature (SAeUron)")
+    from .cli import command_help
+
+    p = sub.add_parser("score", help=command_help("score"))
     p.add_argument("--cache", required=True, help="the activation store (.h5 or sharded folder)")
     p.add_argument("--sae", required=True, help="the SAE folder")
     p.add_argument("--hookpoint", help="default: the hookpoint the SAE was trained on")

@@ -95,8 +95,10 @@ def _cmd_demo(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `demo`."""
+    from .cli import command_help
+
     d = DemoConfig()
-    p = sub.add_parser("demo", help="run the end-to-end SAeUron demo on the shipped minicanvas model")
+    p = sub.add_parser("demo", help=command_help("demo"))
     p.add_argument("--out", default="activations/demo", help="run directory (default activations/demo)")
     p.add_argument("--cache-seeds", default=",".join(map(str, d.cache_seeds)))
     p.add_argument("--eval-seeds", default=",".join(map(str, d.eval_seeds)))

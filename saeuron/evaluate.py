@@ -268,6 +268,12 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     site = load_ablation_site(sae_dir, pipe)
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation
+    if site.scores.seeds is not None and set(site.scores.seeds.tolist()) & set(seeds):
+        import warnings
+
+        shared = sorted(set(site.scores.seeds.tolist()) & set(seeds))
+        warnings.warn(f"evaluation seeds {shared} were also used to compute the concept scores; the evaluation images "
+                      f"repeat images the features were selected on", stacklevel=2)
     tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config)
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
         if tune_seeds and {k: tuned.get(t, {}).get(k) for k in current} != current:
@@ -304,9 +310,11 @@ def _cmd_evaluate(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `evaluate`."""
+    from .cli import command_help
+
     from .generate import add_sampler_args
 
-    p = sub.add_parser("evaluate", help="UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation on minicanvas")
+    p = sub.add_parser("evaluate", help=command_help("evaluate"))
     p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")
     p.add_argument("--targets", required=True, help="all-styles | all-objects | style:NAME,object:NAME,...")
     p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")

@@ -156,11 +156,13 @@ def _cmd_classify(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `concepts`, `generate` and `classify`."""
-    p = sub.add_parser("concepts", help="list the styles and objects of the minicanvas world")
+    from .cli import command_help
+
+    p = sub.add_parser("concepts", help=command_help("concepts"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_concepts)
 
-    p = sub.add_parser("generate", help="generate one PNG per prompt x seed, with index.json")
+    p = sub.add_parser("generate", help=command_help("generate"))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     g.add_argument("--prompts", help="a file with one prompt per line")
@@ -173,7 +175,7 @@ def register_cli(sub) -> None:
     p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("classify", help="label every PNG of a folder with the shipped style/object classifier")
+    p = sub.add_parser("classify", help=command_help("classify"))
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_classify)

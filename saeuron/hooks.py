@@ -348,7 +348,9 @@ def _cmd_hookpoints(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `hookpoints`."""
-    p = sub.add_parser("hookpoints", help="list the UNet's hookpoints (cross-attention blocks; --all: every module) with their shapes")
+    from .cli import command_help
+
+    p = sub.add_parser("hookpoints", help=command_help("hookpoints"))
     p.add_argument("--model", default=MINICANVAS, help="minicanvas (default), a diffusers folder or a hub id")
     p.add_argument("--all", action="store_true", help="every module that emits token vectors, not only the transformer blocks")
     p.add_argument("--json", action="store_true")

@@ -418,7 +418,9 @@ def _cli_train(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `saeuron train`."""
-    p = subparsers.add_parser("train", help="train an SAE on one hookpoint of an activation cache (sae-lens)")
+    from .cli import command_help
+
+    p = subparsers.add_parser("train", help=command_help("train"))
     p.add_argument("--cache", required=True, help="activation store written by `saeuron cache` (file or sharded folder)")
     p.add_argument("--hookpoint", required=True, help="hookpoint whose activations to train on")
     p.add_argument("--out", required=True, help="output folder (sae-lens format + train_config.json + metrics.json)")

@@ -41,3 +41,21 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_help_lists_every_command_without_importing_the_stages():
+    """`saeuron --help` imports no stage (nor torch); each command is registered by the module named for it."""
+    import subprocess
+    import sys
+
+    from saeuron.cli import COMMANDS, build_parser
+
+    code = ("import sys; from saeuron.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("NO TORCH")
+    assert all(name in out for name in COMMANDS)
+    for name in COMMANDS:
+        sub = next(a for a in build_parser(name)._actions if a.dest == "command")
+        assert name in sub.choices and sub.choices[name].get_default("func") is not None

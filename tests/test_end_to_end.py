@@ -24,6 +24,7 @@ def test_scores_cover_every_concept_and_step(tiny_run):
     assert scores.concepts == ["style:lava", "style:neon", "style:ocean", "object:ring", "object:star"]
     assert scores.scores.shape[:2] == (5, 4) and list(scores.steps) == [0, 1, 2, 3]
     assert (scores.n_images == np.array([4, 4, 4, 6, 6])).all()
+    assert scores.seeds.tolist() == [0, 1]
     assert np.isfinite(scores.scores).all()
 
 
@@ -59,8 +60,9 @@ def test_evaluate_writes_unlearncanvas_schema_and_report(tiny_run, minicanvas_pi
 
     sae_dir = tiny_run / "saes" / TINY_HOOKPOINT
     out = tmp_path / "results.json"
-    res = run_evaluation(sae_dir, ["style:neon"], [0], None, SamplerConfig(steps=2), False, out, tmp_path / "report",
-                         pipe=minicanvas_pipe)
+    with pytest.warns(UserWarning, match=r"evaluation seeds \[0\] were also used to compute the concept scores"):
+        res = run_evaluation(sae_dir, ["style:neon"], [0], None, SamplerConfig(steps=2), False, out, tmp_path / "report",
+                             pipe=minicanvas_pipe)
     saved = json.loads(out.read_text())
     assert set(saved) == {"targets", "mean", "base", "config"}
     m = saved["targets"]["style:neon"]
@@ -82,7 +84,7 @@ def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas
     sae_dir = tmp_path / "sae"
     shutil.copytree(tiny_run / "saes" / TINY_HOOKPOINT, sae_dir)
     fast = SamplerConfig(steps=2)
-    tuned = {"style:neon": {"percentile": 99.0, "multiplier": -5.0, "tune_seeds": [0]}}
+    tuned = {"style:neon": {"percentile": 99.0, "multiplier": -5.0, "tune_seeds": [5]}}
     (sae_dir / "tuned.json").write_text(json.dumps(tuned))
     site = load_ablation_site(sae_dir)
     assert site.capture == "output" and site.hookpoint == TINY_HOOKPOINT
@@ -91,7 +93,7 @@ def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas
     assert site.params("style:lava") == {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}
 
     def evaluate():
-        return run_evaluation(sae_dir, ["style:neon"], [0], None, fast, False, tmp_path / "r.json", None, pipe=minicanvas_pipe)
+        return run_evaluation(sae_dir, ["style:neon"], [5], None, fast, False, tmp_path / "r.json", None, pipe=minicanvas_pipe)
 
     with pytest.raises(UserError, match="overlap the evaluation seeds"):
         evaluate()
