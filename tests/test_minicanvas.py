@@ -25,6 +25,18 @@ def test_render_is_deterministic_per_seed_and_varies_across_seeds():
     assert not np.array_equal(render("neon", "star", 0), render("neon", "star", 1))
 
 
+def test_object_coverage_marks_the_object_pixels():
+    from saeuron.minicanvas.world import render_with_mask
+
+    for style in STYLE_NAMES:
+        img, cov = render_with_mask(style, "square", 5)
+        assert np.array_equal(img, render(style, "square", 5)) and cov.shape == (32, 32)
+        assert 0 <= cov.min() and cov.max() == 1 and 0.05 < cov.mean() < 0.4  # an object, not the whole image
+        # the object is a different colour than the background around it
+        inside, outside = img[cov == 1].mean(0), img[cov == 0].mean(0)
+        assert np.abs(inside - outside).max() > 0.05
+
+
 def test_render_rejects_unknown_concepts():
     with pytest.raises(ValueError, match="unknown style 'cubism'"):
         render("cubism", "star", 0)

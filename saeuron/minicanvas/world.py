@@ -182,6 +182,11 @@ def _background(style: Style, u: np.ndarray, v: np.ndarray, rng: np.random.Gener
 
 def render(style: str, obj: str, seed: int) -> np.ndarray:
     """Render one (style, object) image as float32 HxWx3 in [0, 1], deterministic per seed."""
+    return render_with_mask(style, obj, seed)[0]
+
+
+def render_with_mask(style: str, obj: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`render`'s image and the object's pixel coverage (float32 HxW in [0, 1], outline included)."""
     check_concept("style", style)
     check_concept("object", obj)
     st = _STYLE_BY_NAME[style]
@@ -204,16 +209,19 @@ def render(style: str, obj: str, seed: int) -> np.ndarray:
     dx, dy = (u - cx) / scale, (v - cy) / scale
     x, y = ca * dx + sa * dy, -sa * dx + ca * dy
     mask = _silhouette(obj, x, y)
+    covered = mask
     if st.outline is not None:
         # a dilated copy of the silhouette, drawn first, makes the outline
         grown = _silhouette(obj, x * 0.86, y * 0.86)
         img[grown & ~mask] = st.outline
+        covered = grown | mask
     fill = np.clip(np.array(st.fill) + rng.normal(0, 8, 3), 0, 255)
     img[mask] = fill
 
     img = img.reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE, 3).mean(axis=(1, 3))
     img = img / 255.0 + rng.normal(0, 0.015, img.shape)
-    return np.clip(img, 0, 1).astype(np.float32)
+    coverage = covered.reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE).mean(axis=(1, 3))
+    return np.clip(img, 0, 1).astype(np.float32), coverage.astype(np.float32)
 
 
 def render_batch(labels: list[tuple[str, str]], seeds: list[int]) -> np.ndarray:
