@@ -113,7 +113,12 @@ hookpoints = sorted(info.saes)
 hookpoint = st.sidebar.selectbox("Hookpoint (SAE)", hookpoints, key="hookpoint") if hookpoints else None
 model = (store.config.get("model", "minicanvas") if store else "minicanvas")
 cache_steps = int(store.config.get("steps", 25)) if store else 25
-cache_cfg = float(store.config.get("cfg", 4.0)) if store else 4.0
+if store and store.config.get("cfg") is not None:
+    cache_cfg = float(store.config["cfg"])
+else:
+    from saeuron.pipelines import default_guidance
+
+    cache_cfg = default_guidance(get_pipeline(model))
 st.sidebar.caption(f"model: {model} · cache steps: {cache_steps} · CFG {cache_cfg}")
 
 

@@ -30,7 +30,7 @@ import torch
 
 from .errors import UserError
 from .hooks import BRANCH_CHOICES, CAPTURE_CHOICES, Capture, get_hookpoint
-from .pipelines import CFG_BRANCHES, MINICANVAS, SamplerConfig, check_prompts, sample
+from .pipelines import CFG_BRANCHES, MINICANVAS, SamplerConfig, check_prompts, default_guidance, sample
 
 FORMAT = "saeuron-activations"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ class CacheConfig:
     prompts: str = "minicanvas"  # 'minicanvas' or the prompt file it came from
     seeds: tuple[int, ...] = (0,)
     steps: int = 25
-    cfg: float = 4.0
+    cfg: float | None = None  # None: the model's default guidance, resolved (and recorded) when the run starts
     batch_size: int = 50
     branch: str = "cond"
     capture: str = "output"
@@ -688,7 +688,8 @@ def cache_activations(
     table = prompt_table(prompts)
     check_prompts(pipe, [r["prompt"] for r in table])
     hps = [get_hookpoint(pipe, h) for h in config.hookpoints]
-    config = CacheConfig(**{**asdict(config), "hookpoints": tuple(h.path for h in hps), "seeds": tuple(int(s) for s in config.seeds)})
+    config = CacheConfig(**{**asdict(config), "hookpoints": tuple(h.path for h in hps), "seeds": tuple(int(s) for s in config.seeds),
+                            "cfg": float(config.cfg if config.cfg is not None else default_guidance(pipe))})
     kept_steps = parse_timesteps(config.timesteps, config.steps)
     k_pos = parse_positions(config.positions)
     too_many = [h.path for h in hps if k_pos is not None and k_pos > h.tokens]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .generate import parse_seeds
-from .pipelines import SamplerConfig, load_pipeline
+from .pipelines import SamplerConfig, load_pipeline, resolve_sampler
 
 # SAeUron hooks up_blocks.1.attentions.1 for objects and up_blocks.1.attentions.2 for styles
 OBJECT_HOOKPOINT = "up_blocks.1.attentions.1"
@@ -52,7 +52,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(config.__dict__, indent=1))
     pipe = load_pipeline()
-    sampler = SamplerConfig()
+    sampler = resolve_sampler(pipe, SamplerConfig())
     store = out / "cache.h5"
     cache_cfg = CacheConfig(hookpoints=(OBJECT_HOOKPOINT, STYLE_HOOKPOINT), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
     if not (store.exists() and open_store(store).complete):

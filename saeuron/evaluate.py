@@ -179,6 +179,9 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
     `site` is an `ablate.AblationSite`; `params[target]` holds the target's {percentile,
     multiplier}. `base_images`, if given, are the base model's images of the answer set.
     """
+    from .pipelines import resolve_sampler
+
+    config = resolve_sampler(pipe, config)
     answers = full_answer_set(seeds)
     if base_images is None:
         base_images = generate_answer_set(pipe, answers, config)
@@ -260,11 +263,12 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
 
     from .ablate import TUNED_FILE, load_ablation_site
     from .errors import UserError
-    from .pipelines import load_pipeline
+    from .pipelines import load_pipeline, resolve_sampler
 
     if tune_seeds and set(tune_seeds) & set(seeds):
         raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
     pipe = pipe or load_pipeline()
+    config = resolve_sampler(pipe, config)  # results and tuned values record the CFG scale actually used
     site = load_ablation_site(sae_dir, pipe)
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation

@@ -105,7 +105,8 @@ def add_sampler_args(p) -> None:
     d = SamplerConfig()
     p.add_argument("--model", default=MINICANVAS, help="minicanvas (default), a diffusers folder or a hub id")
     p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
-    p.add_argument("--cfg", type=float, default=d.cfg, help=f"classifier-free guidance scale (default {d.cfg})")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's; minicanvas stores its "
+                   "own, Stable Diffusion 7.5)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
 
 

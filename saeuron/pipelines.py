@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,26 +26,44 @@ CFG_BRANCHES = ("uncond", "cond")  # order of the two halves of the CFG batch
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How images are sampled: DDIM steps, CFG scale, size (None = model default), batch size."""
+    """How images are sampled: DDIM steps, CFG scale, size, batch size (None = the model's default)."""
 
     steps: int = 25
-    cfg: float = 4.0
+    cfg: float | None = None  # see default_guidance
     height: int | None = None
     width: int | None = None
     batch_size: int = 50
 
 
-class MiniCanvasPipeline(DiffusionPipeline):
-    """The shipped pixel-space text-to-image pipeline (UNet + CLIP text encoder + DDIM)."""
+SD_DEFAULT_GUIDANCE = 7.5  # diffusers' default for Stable Diffusion 1.x/2.x/XL
 
-    def __init__(self, unet, scheduler, text_encoder, tokenizer):
+
+class MiniCanvasPipeline(DiffusionPipeline):
+    """The shipped pixel-space text-to-image pipeline (UNet + CLIP text encoder + DDIM).
+
+    `default_guidance` (saved in model_index.json) is the CFG scale chosen for these weights
+    by `scripts/bench_minicanvas.py --pick-cfg`.
+    """
+
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, default_guidance: float = 4.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_to_config(default_guidance=float(default_guidance))
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int], config: SamplerConfig = SamplerConfig()):
         """Generate images (float N x 3 x H x W in [0, 1]) for prompts x seeds pairs."""
         return sample(self, prompts, seeds, config)
+
+
+def default_guidance(pipe) -> float:
+    """The CFG scale a model is sampled with unless one is given: minicanvas stores its own, SD uses 7.5."""
+    return float(pipe.config.get("default_guidance") or SD_DEFAULT_GUIDANCE)
+
+
+def resolve_sampler(pipe, config: SamplerConfig) -> SamplerConfig:
+    """The config with every model default filled in (what a run should record)."""
+    return config if config.cfg is not None else replace(config, cfg=default_guidance(pipe))
 
 
 def model_family(pipe) -> str:
@@ -176,6 +194,7 @@ def sample(
     if len(prompts) != len(seeds):
         raise UserError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     check_prompts(pipe, prompts)
+    config = resolve_sampler(pipe, config)
     if config.steps < 1:
         raise UserError(f"steps must be >= 1, got {config.steps}")
     dh, dw = default_size(pipe)

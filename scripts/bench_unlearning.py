@@ -24,7 +24,7 @@ from saeuron.ablate import load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, run_demo  # noqa: E402
 from saeuron.evaluate import markdown_report, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
-from saeuron.pipelines import SamplerConfig, load_pipeline, sample  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
 
 def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> float:
@@ -55,8 +55,8 @@ def main():
     overlap = set(parse_seeds(args.eval_seeds)) & (set(parse_seeds(args.cache_seeds)) | set(parse_seeds(args.tune_seeds)))
     if overlap:
         raise SystemExit(f"evaluation seeds {sorted(overlap)} are also cache or tuning seeds; they must be disjoint")
-    sampler = SamplerConfig()
     pipe = load_pipeline()
+    sampler = resolve_sampler(pipe, SamplerConfig())
     if args.time_only:
         print(json.dumps({"ablated/plain generation time": round(time_ratio(pipe, args.run, sampler), 3)}))
         return

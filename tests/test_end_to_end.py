@@ -19,6 +19,13 @@ def _sae(run):
     return load_sae(run / "saes" / TINY_HOOKPOINT, hookpoint=TINY_HOOKPOINT).eval()
 
 
+def test_the_cache_records_the_cfg_scale_it_used(tiny_run, minicanvas_pipe):
+    from saeuron.cache import open_store
+    from saeuron.pipelines import default_guidance
+
+    assert open_store(tiny_run / "cache.h5").config["cfg"] == default_guidance(minicanvas_pipe)
+
+
 def test_scores_cover_every_concept_and_step(tiny_run):
     scores = ConceptScores.load(tiny_run / "saes" / TINY_HOOKPOINT / "concepts.h5")
     assert scores.concepts == ["style:lava", "style:neon", "style:ocean", "object:ring", "object:star"]

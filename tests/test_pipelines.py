@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saeuron.errors import UserError
-from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, load_pipeline, model_family, sample
+from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, default_guidance, load_pipeline, model_family, resolve_sampler, sample
 
 FAST = SamplerConfig(steps=4, cfg=4.0)
 
@@ -41,12 +41,28 @@ def test_pipeline_save_load_round_trip(minicanvas_pipe, tmp_path):
     a = sample(minicanvas_pipe, ["a moon in lava style"], [5], FAST)
     b = sample(loaded, ["a moon in lava style"], [5], FAST)
     assert torch.equal(a, b)
+    assert default_guidance(loaded) == default_guidance(minicanvas_pipe)
+
+
+def test_default_guidance_is_stored_with_the_model(minicanvas_pipe, tmp_path):
+    """minicanvas keeps its chosen CFG scale in model_index.json; cfg=None samples with it."""
+    import json
+
+    minicanvas_pipe.save_pretrained(tmp_path / "copy")
+    index = json.loads((tmp_path / "copy" / "model_index.json").read_text())
+    index["default_guidance"] = 2.5
+    (tmp_path / "copy" / "model_index.json").write_text(json.dumps(index))
+    loaded = load_pipeline(tmp_path / "copy")
+    assert default_guidance(loaded) == 2.5 and resolve_sampler(loaded, SamplerConfig()).cfg == 2.5
+    fast = SamplerConfig(steps=3)
+    assert torch.equal(sample(loaded, ["a moon"], [1], fast), sample(loaded, ["a moon"], [1], SamplerConfig(steps=3, cfg=2.5)))
+    assert not torch.equal(sample(loaded, ["a moon"], [1], fast), sample(loaded, ["a moon"], [1], SamplerConfig(steps=3, cfg=4.0)))
 
 
 @pytest.mark.parametrize("fixture, family", [("tiny_sd_dir", "sd"), ("tiny_sdxl_dir", "sdxl")])
 def test_real_model_families_load_and_generate(request, fixture, family):
     pipe = load_pipeline(request.getfixturevalue(fixture))
-    assert model_family(pipe) == family
+    assert model_family(pipe) == family and default_guidance(pipe) == 7.5
     images = sample(pipe, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2, cfg=7.5))
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert torch.equal(images, sample(pipe, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2, cfg=7.5)))
