@@ -20,9 +20,12 @@ class AnswerSet:
     styles: tuple[str, ...]
     objects: tuple[str, ...]
     seeds: tuple[int, ...]
+    only: tuple[tuple[str, str, int], ...] | None = None  # a subset of the rows (see tuning_answer_set)
 
     def rows(self) -> list[tuple[str, str, int]]:
         """(style, object, seed) for every image, style-major."""
+        if self.only is not None:
+            return list(self.only)
         return [(s, o, k) for s in self.styles for o in self.objects for k in self.seeds]
 
     def prompts(self) -> list[str]:
@@ -37,6 +40,32 @@ def full_answer_set(seeds: Sequence[int]) -> AnswerSet:
     from .minicanvas.world import OBJECTS, STYLE_NAMES
 
     return AnswerSet(STYLE_NAMES, OBJECTS, tuple(int(s) for s in seeds))
+
+
+def tuning_answer_set(target: str, seeds: Sequence[int], retain_per_concept: int | None = 2) -> AnswerSet:
+    """The images a target's hyperparameters are tuned on: every image of the target, and
+    `retain_per_concept` images of each other concept of its kind (None: the full answer set).
+
+    UA and IRA (the tuning objective) come out as on the full set, from about a third of the
+    images; the retained images rotate over the other kind's concepts and the seeds.
+    """
+    full = full_answer_set(seeds)
+    if retain_per_concept is None:
+        return full
+    kind, _, name = target.partition(":")
+    rows = full.rows()
+    by_concept: dict[str, list[tuple[str, str, int]]] = {}
+    for r in rows:
+        by_concept.setdefault(r[0] if kind == "style" else r[1], []).append(r)
+    if name not in by_concept:
+        raise ValueError(f"the answer set has no image of {target!r}")
+    chosen = list(by_concept[name])
+    for i, (concept, concept_rows) in enumerate(by_concept.items()):
+        if concept != name:
+            step = max(1, len(concept_rows) // retain_per_concept)
+            chosen += [concept_rows[(i + j * step) % len(concept_rows)] for j in range(min(retain_per_concept, len(concept_rows)))]
+    order = {r: n for n, r in enumerate(rows)}
+    return AnswerSet(full.styles, full.objects, full.seeds, tuple(sorted(set(chosen), key=order.__getitem__)))
 
 
 def generate_answer_set(pipe, answers: AnswerSet, config: SamplerConfig, on_batch=None) -> torch.Tensor:
@@ -157,9 +186,11 @@ def ablated_answer_set(pipe, site, targets: list[str], answers: AnswerSet, confi
     return site.sample(pipe, site.plan(targets, params=params), answers.prompts(), [k for _, _, k in answers.rows()], config)
 
 
-def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID) -> dict:
-    """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds."""
-    answers = full_answer_set(seeds)
+def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID,
+                retain_per_concept: int | None = 2) -> dict:
+    """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds
+    (on `tuning_answer_set`: the target's images and `retain_per_concept` of each other concept)."""
+    answers = tuning_answer_set(target, seeds, retain_per_concept)
     best = None
     for pct in grid["percentile"]:
         for mult in grid["multiplier"]:

@@ -48,3 +48,21 @@ def test_target_spec_and_report():
     md = markdown_report({"targets": {"style:neon": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0, "percentile": 99.7, "multiplier": -1.0}},
                           "mean": {"style": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0}}, "base": {"style_accuracy": 99.0, "object_accuracy": 95.0}})
     assert "| style:neon | 90.0 | 80.0 | 70.0 |" in md
+
+
+def test_tuning_set_has_every_target_image_and_a_few_of_each_other_concept():
+    from saeuron.evaluate import full_answer_set, tuning_answer_set
+
+    full = full_answer_set([100, 101])
+    sub = tuning_answer_set("style:neon", [100, 101], retain_per_concept=2)
+    rows = sub.rows()
+    assert len(set(rows)) == len(rows) and set(rows) <= set(full.rows())
+    assert sorted(r for r in rows if r[0] == "neon") == sorted(r for r in full.rows() if r[0] == "neon")
+    others = [r for r in rows if r[0] != "neon"]
+    assert len(others) == 2 * 9 and all(sum(r[0] == s for r in others) == 2 for s in full.styles if s != "neon")
+    assert len({r[1] for r in others}) > 5  # spread over the objects
+    obj = tuning_answer_set("object:star", [100], retain_per_concept=1).rows()
+    assert len(obj) == 10 + 9 and sum(r[1] == "star" for r in obj) == 10
+    assert tuning_answer_set("style:neon", [100], None) == full_answer_set([100])
+    labels = [{"style": s, "object": o} for s, o, _ in rows]
+    assert unlearning_metrics("style:neon", sub, labels) == {"UA": 0.0, "IRA": 100.0, "CRA": 100.0}
