@@ -206,11 +206,13 @@ def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerCo
 
 def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], config: SamplerConfig, params: dict[str, dict],
                         together: bool = False, progress=None, report_dir: Path | None = None,
-                        base_images: torch.Tensor | None = None) -> dict:
+                        base_images: torch.Tensor | None = None, done: dict[str, dict] | None = None) -> dict:
     """UA / IRA / CRA per target (and the base model's, as reference), means per kind, and fidelity on kept prompts.
 
     `site` is an `ablate.AblationSite`; `params[target]` holds the target's {percentile,
     multiplier}. `base_images`, if given, are the base model's images of the answer set.
+    `done` holds results of targets already evaluated with the same settings (they are
+    not generated again); `progress(group, results)` is called after each group.
     """
     from .pipelines import resolve_sampler
 
@@ -225,6 +227,9 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
     groups = [list(targets)] if together else [[t] for t in targets]
     results: dict[str, dict] = {}
     for group in groups:
+        if done and all(t in done for t in group):
+            results.update({t: done[t] for t in group})
+            continue
         images = ablated_answer_set(pipe, site, group, answers, config, params)
         labels = _labels_of(images)
         if report_dir is not None:
@@ -236,7 +241,7 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
                           "multiplier": params[t]["multiplier"], "fidelity": fid,
                           "base": unlearning_metrics(t, answers, base_labels, erased=group)}
         if progress is not None:
-            progress(group)
+            progress(group, results)
     mean = {}
     for kind in ("style", "object"):
         rows = [m for t, m in results.items() if t.startswith(kind)]
@@ -325,12 +330,26 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings or other concept "
                             f"scores than now; re-tune with --tune-seeds")
     params = {t: site.params(t) for t in targets}
-    bar = tqdm(total=1 if together else len(targets), desc="evaluating")
-    results = evaluate_unlearning(pipe, site, targets, seeds, config, params, together,
-                                  progress=lambda _g: bar.update(1), report_dir=report_dir, base_images=base_images)
+    # finished targets go to a side file as they come, so an interrupted evaluation resumes
+    partial_path = out.with_name(out.name + ".partial")
+    key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params, "scores_sha256": current["scores_sha256"]}
+    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+    done = partial.get("targets", {}) if partial.get("key") == json.loads(json.dumps(key)) else {}
+    bar = tqdm(total=1 if together else len(targets), desc="evaluating", initial=0 if together else sum(t in done for t in targets))
+
+    def save_progress(group, results):
+        bar.update(1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = partial_path.with_name(partial_path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "targets": results}, indent=1))
+        tmp.replace(partial_path)
+
+    results = evaluate_unlearning(pipe, site, targets, seeds, config, params, together, progress=save_progress,
+                                  report_dir=report_dir, base_images=base_images, done=done)
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
+    partial_path.unlink(missing_ok=True)
     if report_dir is not None:
         (report_dir / "report.md").write_text(markdown_report(results))
     return results

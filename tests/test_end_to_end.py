@@ -127,3 +127,31 @@ def test_a_multi_target_plan_gives_each_target_its_own_values(tiny_run):
             assert got[f] == pytest.approx(-2.0 * float(site.scores.mean_acts[star_row, t, f]), rel=1e-5)
             checked += 1
     assert checked > 0
+
+
+def test_an_interrupted_evaluation_resumes_without_redoing_finished_targets(tiny_run, minicanvas_pipe, tmp_path, monkeypatch):
+    import saeuron.evaluate as ev
+
+    sae_dir = tiny_run / "saes" / TINY_HOOKPOINT
+    real, generated = ev.ablated_answer_set, []
+
+    def counting(pipe, site, targets, *args, **kwargs):
+        generated.append(tuple(targets))
+        if targets == ["style:ocean"] and len(generated) == 2:
+            raise KeyboardInterrupt  # the first run dies on its second target
+        return real(pipe, site, targets, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "ablated_answer_set", counting)
+    out, targets, fast = tmp_path / "results.json", ["style:neon", "style:ocean"], SamplerConfig(steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_evaluation(sae_dir, targets, [7], None, fast, False, out, None, pipe=minicanvas_pipe)
+    partial = json.loads((tmp_path / "results.json.partial").read_text())
+    assert not out.exists() and list(partial["targets"]) == ["style:neon"]
+    res = ev.run_evaluation(sae_dir, targets, [7], None, fast, False, out, None, pipe=minicanvas_pipe)
+    assert generated == [("style:neon",), ("style:ocean",), ("style:ocean",)]  # neon was not generated again
+    assert set(res["targets"]) == set(targets) and not (tmp_path / "results.json.partial").exists()
+    # results saved under other settings are not reused
+    partial["key"]["sampler"]["cfg"] = 9.0
+    (tmp_path / "results.json.partial").write_text(json.dumps(partial))
+    ev.run_evaluation(sae_dir, targets, [7], None, fast, False, out, None, pipe=minicanvas_pipe)
+    assert generated[-2:] == [("style:neon",), ("style:ocean",)]
