@@ -77,11 +77,18 @@ def merge_plans(*plans: AblationPlan) -> AblationPlan:
 
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
-                  top_n: int | None = None, step_window: tuple[int, int] | None = None) -> AblationPlan:
-    """SAeUron's selection for one or more target concepts (union over targets), per step."""
+                  top_n: int | None = None, step_window: tuple[int, int] | None = None,
+                  exclusive: bool = False) -> AblationPlan:
+    """SAeUron's selection for one or more target concepts (union over targets), per step.
+
+    With `exclusive`, a feature is a candidate for a target only where its score for the target
+    beats its score for every concept of the other kind (see `ConceptScores.exclusive_scores`);
+    SAeUron itself (the default) ranks all features.
+    """
     if multiplier >= 0:
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
     rows = [scores.index(t) for t in targets]
+    ranked = {r: scores.exclusive_scores(r) if exclusive else scores.scores[r] for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
     lo, hi = step_window or (0, int(step_ids.max()) + 1)
@@ -91,7 +98,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
         chosen: dict[int, tuple[float, float]] = {}  # feature -> (mu of its concept, firing threshold)
         for r in rows:
             kind_rows = scores.kind_rows(scores.concepts[r].split(":", 1)[0])
-            for i in select_features(scores.scores[r, t][None], percentile, top_n)[0]:
+            for i in select_features(ranked[r][t][None], percentile, top_n)[0]:
                 mu = float(scores.mean_acts[r, t, i])
                 if int(i) not in chosen or mu > chosen[int(i)][0]:  # union; the strongest concept's mean
                     chosen[int(i)] = (mu, float(scores.mean_acts[kind_rows, t, i].mean()))
@@ -148,6 +155,14 @@ def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: st
 
 DEFAULT_MULTIPLIER = -1.0
 DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used until tuned values are stored
+SELECTIONS = ("saeuron", "exclusive")  # exclusive: SAeUron's ranking, minus features another kind carries more
+
+
+def check_selection(selection: str) -> str:
+    """A valid feature-selection rule name, or a clear error."""
+    if selection not in SELECTIONS:
+        raise UserError(f"unknown feature selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    return selection
 
 
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
@@ -169,6 +184,7 @@ class AblationSite:
     sae: object
     scores: ConceptScores
     tuned: dict[str, dict]  # target -> {"percentile", "multiplier", ...} from tuned.json
+    selection: str = "saeuron"  # see SELECTIONS
 
     def params(self, target: str, multiplier: float | None = None, percentile: float | None = None) -> dict:
         """The target's {percentile, multiplier}: given values, else the tuned ones, else the defaults."""
@@ -184,7 +200,8 @@ class AblationSite:
         plans = []
         for t in targets:
             p = (params or {}).get(t) or self.params(t, multiplier, percentile)
-            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"]))
+            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"],
+                                       exclusive=self.selection == "exclusive"))
         return merge_plans(*plans)
 
     def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:
@@ -195,10 +212,11 @@ class AblationSite:
 TUNED_FILE = "tuned.json"
 
 
-def load_ablation_site(sae_dir: str | Path, pipe=None) -> AblationSite:
+def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron") -> AblationSite:
     """Open an SAE folder written by `saeuron train` + `saeuron score` (clear errors for what is missing)."""
     import json
 
+    check_selection(selection)
     from .sae import load_sae
 
     sae_dir = Path(sae_dir)
@@ -217,7 +235,7 @@ def load_ablation_site(sae_dir: str | Path, pipe=None) -> AblationSite:
     sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"]).eval()
     tuned_path = sae_dir / TUNED_FILE
     tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
-    return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned)
+    return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned, selection)
 
 
 def parse_targets(text: str) -> list[str]:
@@ -234,3 +252,10 @@ def parse_targets(text: str) -> list[str]:
         except ValueError as err:
             raise UserError(f"bad target {t!r}: {err}") from None
     return targets
+
+
+def add_selection_arg(parser) -> None:
+    """The --selection option of the commands that ablate."""
+    parser.add_argument("--selection", default="saeuron", choices=SELECTIONS,
+                        help="feature selection: 'saeuron' (default) ranks all features by score, as the paper does; "
+                             "'exclusive' skips features that a concept of the other kind scores higher")

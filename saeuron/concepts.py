@@ -44,6 +44,20 @@ class ConceptScores:
         """Rows of every concept of one kind ('style' or 'object')."""
         return [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] == kind]
 
+    def exclusive_scores(self, row: int) -> np.ndarray:
+        """(T, F) scores of one concept, zeroed where a concept of another kind scores as high or higher.
+
+        A feature that a style carries more than the target object does (a style x object
+        interaction, or a style feature that fires a little more on that object) is then never
+        selected for the object, so erasing the object leaves the styles alone.
+        """
+        kind = self.concepts[row].split(":", 1)[0]
+        others = [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] != kind]
+        own = self.scores[row]
+        if not others:
+            return own
+        return np.where(own > self.scores[others].max(0), own, 0.0).astype(own.dtype)
+
     def save(self, path: Path, config: dict | None = None) -> None:
         """Write to HDF5 (replacing the file atomically)."""
         tmp = Path(str(path) + ".tmp")

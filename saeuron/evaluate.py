@@ -248,7 +248,8 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
         if rows:
             mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
     return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
-            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint}}
+            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint,
+                       "selection": site.selection}}
 
 
 def markdown_report(results: dict) -> str:
@@ -285,11 +286,13 @@ def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig) -> di
     import hashlib
 
     digest = hashlib.sha256((site.sae_dir / "concepts.h5").read_bytes()).hexdigest()[:16]
-    return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest}
+    return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest,
+            "selection": site.selection}
 
 
 def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
-                   together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None) -> dict:
+                   together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None,
+                   selection: str = "saeuron") -> dict:
     """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning).
 
     Stored values are reused only when they were tuned on seeds disjoint from `seeds`, with
@@ -307,7 +310,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
     pipe = pipe or load_pipeline()
     config = resolve_sampler(pipe, config)  # results and tuned values record the CFG scale actually used
-    site = load_ablation_site(sae_dir, pipe)
+    site = load_ablation_site(sae_dir, pipe, selection)
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation
     if site.scores.seeds is not None and set(site.scores.seeds.tolist()) & set(seeds):
@@ -326,13 +329,15 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         if set(stored.get("tune_seeds", [])) & set(seeds):
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned on seeds {stored['tune_seeds']}, which overlap the "
                             f"evaluation seeds; re-tune with --tune-seeds disjoint from --seeds")
-        if any(stored.get(k) not in (None, current[k]) for k in ("sampler", "scores_sha256")):
-            raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings or other concept "
-                            f"scores than now; re-tune with --tune-seeds")
+        if any(stored.get(k) not in (None, current[k]) for k in ("sampler", "scores_sha256")) or \
+                stored.get("selection", "saeuron") != current["selection"]:
+            raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings, concept scores or "
+                            f"feature selection (--selection) than now; re-tune with --tune-seeds")
     params = {t: site.params(t) for t in targets}
     # finished targets go to a side file as they come, so an interrupted evaluation resumes
     partial_path = out.with_name(out.name + ".partial")
-    key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params, "scores_sha256": current["scores_sha256"]}
+    key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params,
+           "scores_sha256": current["scores_sha256"], "selection": site.selection}
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
     done = partial.get("targets", {}) if partial.get("key") == json.loads(json.dumps(key)) else {}
     bar = tqdm(total=1 if together else len(targets), desc="evaluating", initial=0 if together else sum(t in done for t in targets))
@@ -360,7 +365,8 @@ def _cmd_evaluate(args) -> None:
 
     results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
                              parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
-                             args.together, Path(args.out), Path(args.report) if args.report else None)
+                             args.together, Path(args.out), Path(args.report) if args.report else None,
+                             selection=args.selection)
     print(markdown_report(results))
 
 
@@ -368,6 +374,7 @@ def register_cli(sub) -> None:
     """Add `evaluate`."""
     from .cli import command_help
 
+    from .ablate import add_selection_arg
     from .generate import add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
@@ -378,5 +385,6 @@ def register_cli(sub) -> None:
     p.add_argument("--together", action="store_true", help="erase all targets at once")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--report", help="folder for report.md and PNG grids")
+    add_selection_arg(p)
     add_sampler_args(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import load_ablation_site  # noqa: E402
+from saeuron.ablate import SELECTIONS, load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, run_demo  # noqa: E402
 from saeuron.evaluate import markdown_report, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
@@ -51,6 +51,7 @@ def main():
     p.add_argument("--eval-seeds", default="200-201", help="evaluation seeds, disjoint from the cache and tuning seeds")
     p.add_argument("--tune-seeds", default="100")
     p.add_argument("--time-only", action="store_true", help="only the ablated / plain time ratio, on the existing --run")
+    p.add_argument("--selection", default="saeuron", choices=SELECTIONS, help="feature selection rule (see `saeuron evaluate --help`)")
     args = p.parse_args()
     overlap = set(parse_seeds(args.eval_seeds)) & (set(parse_seeds(args.cache_seeds)) | set(parse_seeds(args.tune_seeds)))
     if overlap:
@@ -69,7 +70,8 @@ def main():
         ("three styles together", STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
     ):
         res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune_seeds, sampler, together,
-                             args.run / "eval" / f"bench_{name.replace(' ', '_')}.json", args.run / "report" / name.replace(" ", "_"), pipe=pipe)
+                             args.run / "eval" / f"bench_{name.replace(' ', '_')}.json", args.run / "report" / name.replace(" ", "_"), pipe=pipe,
+                             selection=args.selection)
         print(f"## {name}\n\n{markdown_report(res)}")
         summary[name] = res["mean"]
     summary["ablated/plain generation time"] = round(time_ratio(pipe, args.run, sampler), 3)

@@ -111,3 +111,25 @@ def test_merged_plans_keep_every_feature_with_its_strongest_scale():
         assert merged.steps[step].scale[0] == strong_a.steps[step].scale[0]
         assert merged.steps[step].scale[1] == b.steps[step].scale[0]
     assert merge_plans().n_features() == 0
+
+
+def test_exclusive_selection_leaves_out_features_another_kind_carries_more():
+    concepts = ["style:a", "style:b", "object:x", "object:y"]
+    acc = ConceptMeanAccumulator(concepts, n_steps=1, n_features=4)
+    # feature 0: style a; feature 1: object x; feature 2: fires in style b, a bit more when the object is x
+    for style, obj in (("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")):
+        v = np.full(4, 0.05)
+        v[0] += style == "a"
+        v[1] += 0.1 * (obj == "x")
+        v[2] += (style == "b") * (1.0 + 0.8 * (obj == "x"))
+        acc.add([f"style:{style}", f"object:{obj}"], 0, v)
+    scores = acc.scores(np.array([500]))
+    x = scores.index("object:x")
+    # plain SAeUron ranking picks the style-b feature for the object: it scores highest
+    assert select_features(scores.scores[x], top_n=1)[0].tolist() == [2]
+    assert plan_ablation(scores, ["object:x"], -1.0, top_n=1).steps[0].features.tolist() == [2]
+    # exclusive selection keeps only the feature the object carries more than any style does
+    assert scores.exclusive_scores(x)[0, 2] == 0 and scores.exclusive_scores(x)[0, 1] > 0
+    assert plan_ablation(scores, ["object:x"], -1.0, top_n=2, exclusive=True).steps[0].features.tolist() == [1]
+    # a style's own feature is untouched by the filter
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, exclusive=True).steps[0].features.tolist() == [0]

@@ -108,6 +108,14 @@ def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas
     (sae_dir / "tuned.json").write_text(json.dumps(tuned))
     with pytest.raises(UserError, match="other sampler settings"):
         evaluate()
+    # values tuned under another feature selection do not carry over
+    del tuned["style:neon"]["sampler"]
+    tuned["style:neon"]["selection"] = "exclusive"
+    (sae_dir / "tuned.json").write_text(json.dumps(tuned))
+    with pytest.raises(UserError, match="feature selection"):
+        evaluate()
+    with pytest.raises(UserError, match="unknown feature selection 'best'"):
+        load_ablation_site(sae_dir, selection="best")
 
 
 def test_a_multi_target_plan_gives_each_target_its_own_values(tiny_run):
