@@ -40,26 +40,24 @@ class DemoConfig:
     eval_seeds: tuple[int, ...] = (100,)
 
 
-def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
-    """Run every stage into the run directory `out`; returns the evaluation results."""
+def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None) -> Path:
+    """Cache, train and score into the run directory `out` (each stage skipped when its output exists)."""
     from .cache import CacheConfig, cache_activations, open_store
     from .concepts import score_cache
-    from .evaluate import full_answer_set, generate_answer_set, markdown_report, run_evaluation
     from .minicanvas.world import all_prompts
     from .sae import load_sae
     from .train import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(config.__dict__, indent=1))
-    pipe = load_pipeline()
+    pipe = pipe or load_pipeline()
     sampler = resolve_sampler(pipe, SamplerConfig())
     store = out / "cache.h5"
     cache_cfg = CacheConfig(hookpoints=(OBJECT_HOOKPOINT, STYLE_HOOKPOINT), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
     if not (store.exists() and open_store(store).complete):
         print("[1/4] caching activations")
         cache_activations(pipe, all_prompts(), store, cache_cfg, resume=store.exists())
-    results, base_images = {}, None
-    for hookpoint, target in ((STYLE_HOOKPOINT, config.style_target), (OBJECT_HOOKPOINT, config.object_target)):
+    for hookpoint in (STYLE_HOOKPOINT, OBJECT_HOOKPOINT):
         sae_dir = out / "saes" / hookpoint
         if not (sae_dir / "metrics.json").exists():
             print(f"[2/4] training the SAE of {hookpoint}")
@@ -69,10 +67,21 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
             print(f"[3/4] scoring concepts on {hookpoint}")
             sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
             score_cache(store, hookpoint, sae).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": hookpoint})
-        print(f"[4/4] unlearning {target} and evaluating")
-        if base_images is None:  # the base model's images, shared by both targets
-            base_images = generate_answer_set(pipe, full_answer_set(config.eval_seeds), sampler)
-        res = run_evaluation(sae_dir, [target], list(config.eval_seeds), None, sampler, False,
+    return out
+
+
+def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
+    """Run every stage into the run directory `out`; returns the evaluation results."""
+    from .evaluate import full_answer_set, generate_answer_set, markdown_report, run_evaluation
+
+    pipe = load_pipeline()
+    sampler = resolve_sampler(pipe, SamplerConfig())
+    build_run(out, config, pipe)
+    print("[4/4] unlearning and evaluating")
+    base_images = generate_answer_set(pipe, full_answer_set(config.eval_seeds), sampler)  # shared by both targets
+    results = {}
+    for hookpoint, target in ((STYLE_HOOKPOINT, config.style_target), (OBJECT_HOOKPOINT, config.object_target)):
+        res = run_evaluation(out / "saes" / hookpoint, [target], list(config.eval_seeds), None, sampler, False,
                              out / "eval" / f"{target.replace(':', '-')}.json", out / "report", pipe=pipe, base_images=base_images)
         results["targets"] = {**results.get("targets", {}), **res["targets"]}
         results["base"] = res["base"]

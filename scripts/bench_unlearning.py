@@ -2,10 +2,12 @@
 
     python scripts/bench_unlearning.py [--run activations/bench] [--cache-seeds 0-1] [--tune-seeds 100] [--eval-seeds 200-201]
 
-Builds (or reuses) a run directory like `saeuron demo` with more cache seeds, tunes each
-target's (percentile, multiplier) on the tuning seeds, evaluates every style (on the style
-hookpoint) and every object (on the object hookpoint), three styles together, and the
-ablated / plain generation time ratio. Targets: styles UA >= 95, IRA >= 90, CRA >= 90;
+Builds (or reuses) a run directory like `saeuron demo` with more cache seeds, then evaluates
+every style (on the style hookpoint), three styles together, and every object (on the object
+hookpoint), and the ablated / plain generation time ratio. As in SAeUron, styles use one fixed
+setting (multiplier -1, percentile 99.7: ~3 of 1024 features a step) unless --tune-styles is
+given, and each object's (percentile, multiplier) is tuned on the tuning seeds. Every part
+resumes where it stopped; --parts runs a subset. Targets: styles UA >= 95, IRA >= 90, CRA >= 90;
 objects UA >= 90, IRA >= 85, CRA >= 90; three styles together UA >= 90, IRA >= 85; time <= 1.3.
 """
 
@@ -21,10 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.ablate import SELECTIONS, load_ablation_site  # noqa: E402
-from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, run_demo  # noqa: E402
-from saeuron.evaluate import markdown_report, parse_target_spec, run_evaluation  # noqa: E402
+from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
+from saeuron.evaluate import full_answer_set, generate_answer_set, markdown_report, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
+
+
+PARTS = {  # name -> (hookpoint, targets, erased together)
+    "styles": (STYLE_HOOKPOINT, parse_target_spec("all-styles"), False),
+    "three_styles_together": (STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
+    "objects": (OBJECT_HOOKPOINT, parse_target_spec("all-objects"), False),
+}
 
 
 def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> float:
@@ -51,8 +60,14 @@ def main():
     p.add_argument("--eval-seeds", default="200-201", help="evaluation seeds, disjoint from the cache and tuning seeds")
     p.add_argument("--tune-seeds", default="100")
     p.add_argument("--time-only", action="store_true", help="only the ablated / plain time ratio, on the existing --run")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--tune-styles", action="store_true", help="tune styles per target too (SAeUron fixes them)")
     p.add_argument("--selection", default="saeuron", choices=SELECTIONS, help="feature selection rule (see `saeuron evaluate --help`)")
     args = p.parse_args()
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown or not parts:
+        raise SystemExit(f"unknown --parts {unknown or args.parts!r}; valid: {', '.join(PARTS)}")
     overlap = set(parse_seeds(args.eval_seeds)) & (set(parse_seeds(args.cache_seeds)) | set(parse_seeds(args.tune_seeds)))
     if overlap:
         raise SystemExit(f"evaluation seeds {sorted(overlap)} are also cache or tuning seeds; they must be disjoint")
@@ -61,17 +76,16 @@ def main():
     if args.time_only:
         print(json.dumps({"ablated/plain generation time": round(time_ratio(pipe, args.run, sampler), 3)}))
         return
-    run_demo(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))))
+    build_run(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))), pipe)
     eval_seeds, tune_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds)
+    base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)  # shared by every part
     summary = {}
-    for name, hookpoint, targets, together in (
-        ("styles", STYLE_HOOKPOINT, parse_target_spec("all-styles"), False),
-        ("objects", OBJECT_HOOKPOINT, parse_target_spec("all-objects"), False),
-        ("three styles together", STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
-    ):
-        res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune_seeds, sampler, together,
-                             args.run / "eval" / f"bench_{name.replace(' ', '_')}.json", args.run / "report" / name.replace(" ", "_"), pipe=pipe,
-                             selection=args.selection)
+    for name in parts:
+        hookpoint, targets, together = PARTS[name]
+        tune = tune_seeds if hookpoint == OBJECT_HOOKPOINT or args.tune_styles else None
+        res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune, sampler, together,
+                             args.run / "eval" / f"bench_{name}.json", args.run / "report" / name, pipe=pipe,
+                             base_images=base_images, selection=args.selection)
         print(f"## {name}\n\n{markdown_report(res)}")
         summary[name] = res["mean"]
     summary["ablated/plain generation time"] = round(time_ratio(pipe, args.run, sampler), 3)
