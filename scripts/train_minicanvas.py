@@ -67,6 +67,13 @@ def parse_args():
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--work-dir", type=Path, default=Path("checkpoints/minicanvas"))
     p.add_argument("--export-dir", type=Path, default=PIPELINE_DIR)
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="pipeline folder (with training.json) to start from when --work-dir has no state.pt; "
+        "default: --export-dir if it holds one, else the shipped weights",
+    )
     return p.parse_args()
 
 
@@ -122,6 +129,18 @@ def export(unet, text_encoder, ema_unet: EMAModel, ema_te: EMAModel, tokenizer, 
     os.replace(tmp, out_dir)
 
 
+def warm_start_source(args) -> Path | None:
+    """The exported pipeline to warm-start from: --warm-start, else --export-dir, else the shipped weights."""
+    if args.warm_start is not None:
+        if not (args.warm_start / "training.json").exists():
+            raise SystemExit(f"--warm-start {args.warm_start}: no training.json there (not an exported minicanvas pipeline)")
+        return args.warm_start
+    for folder in (args.export_dir, PIPELINE_DIR):
+        if (folder / "training.json").exists():
+            return folder
+    return None
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -147,17 +166,17 @@ def main():
         step = state["step"]
         opt_start = state.get("opt_start", 0)
         print(f"resuming from step {step}", flush=True)
-    elif (args.export_dir / "training.json").exists():
-        # no optimiser state here (it is not committed): warm-start from the shipped EMA weights
+    elif (source := warm_start_source(args)) is not None:
+        # no optimiser state here (it is not committed): warm-start from exported EMA weights
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.export_dir / "unet").float().state_dict())
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.export_dir / "text_encoder").float().state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(source / "unet").float().state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(source / "text_encoder").float().state_dict())
         ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True)
         ema_te = EMAModel(text_encoder.parameters(), decay=args.ema_decay, use_ema_warmup=True)
-        step = opt_start = json.loads((args.export_dir / "training.json").read_text())["step"]
-        print(f"warm-starting from the shipped weights of step {step} (fresh optimiser state)", flush=True)
+        step = opt_start = json.loads((source / "training.json").read_text())["step"]
+        print(f"warm-starting from {source} at step {step} (fresh optimiser state)", flush=True)
     images, labels, coverage = training_set(args.images_per_pair, args.work_dir)
     images_t, coverage_t = torch.from_numpy(images), torch.from_numpy(coverage)
     alphas = scheduler.alphas_cumprod
