@@ -76,19 +76,32 @@ def merge_plans(*plans: AblationPlan) -> AblationPlan:
     return AblationPlan(steps, timesteps)
 
 
+RIVALS = {"exclusive": "other-kind", "specific": "all"}  # selection rule -> concepts whose higher score excludes a feature
+SELECTIONS = ("saeuron", *RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
+
+
+def check_selection(selection: str) -> str:
+    """A valid feature-selection rule name, or a clear error."""
+    if selection not in SELECTIONS:
+        raise UserError(f"unknown feature selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    return selection
+
+
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
                   top_n: int | None = None, step_window: tuple[int, int] | None = None,
-                  exclusive: bool = False) -> AblationPlan:
+                  selection: str = "saeuron") -> AblationPlan:
     """SAeUron's selection for one or more target concepts (union over targets), per step.
 
-    With `exclusive`, a feature is a candidate for a target only where its score for the target
-    beats its score for every concept of the other kind (see `ConceptScores.exclusive_scores`);
-    SAeUron itself (the default) ranks all features.
+    `selection` (see SELECTIONS): "saeuron" (the paper) ranks all features by the target's
+    score; "exclusive" only features whose target score beats every concept of the other
+    kind; "specific" only those whose target score beats every other concept
+    (`ConceptScores.exclusive_scores`).
     """
     if multiplier >= 0:
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
+    check_selection(selection)
     rows = [scores.index(t) for t in targets]
-    ranked = {r: scores.exclusive_scores(r) if exclusive else scores.scores[r] for r in rows}
+    ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, RIVALS[selection]) for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
     lo, hi = step_window or (0, int(step_ids.max()) + 1)
@@ -155,14 +168,6 @@ def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: st
 
 DEFAULT_MULTIPLIER = -1.0
 DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used until tuned values are stored
-SELECTIONS = ("saeuron", "exclusive")  # exclusive: SAeUron's ranking, minus features another kind carries more
-
-
-def check_selection(selection: str) -> str:
-    """A valid feature-selection rule name, or a clear error."""
-    if selection not in SELECTIONS:
-        raise UserError(f"unknown feature selection {selection!r}; valid: {', '.join(SELECTIONS)}")
-    return selection
 
 
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
@@ -201,7 +206,7 @@ class AblationSite:
         for t in targets:
             p = (params or {}).get(t) or self.params(t, multiplier, percentile)
             plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"],
-                                       exclusive=self.selection == "exclusive"))
+                                       selection=self.selection))
         return merge_plans(*plans)
 
     def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:
@@ -258,4 +263,5 @@ def add_selection_arg(parser) -> None:
     """The --selection option of the commands that ablate."""
     parser.add_argument("--selection", default="saeuron", choices=SELECTIONS,
                         help="feature selection: 'saeuron' (default) ranks all features by score, as the paper does; "
-                             "'exclusive' skips features that a concept of the other kind scores higher")
+                             "'exclusive' skips features that a concept of the other kind scores higher; "
+                             "'specific' skips features that any other concept scores higher")

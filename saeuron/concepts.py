@@ -44,19 +44,23 @@ class ConceptScores:
         """Rows of every concept of one kind ('style' or 'object')."""
         return [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] == kind]
 
-    def exclusive_scores(self, row: int) -> np.ndarray:
-        """(T, F) scores of one concept, zeroed where a concept of another kind scores as high or higher.
+    def exclusive_scores(self, row: int, among: str = "other-kind") -> np.ndarray:
+        """(T, F) scores of one concept, zeroed where a rival concept scores as high or higher.
 
-        A feature that a style carries more than the target object does (a style x object
-        interaction, or a style feature that fires a little more on that object) is then never
-        selected for the object, so erasing the object leaves the styles alone.
+        Rivals are the concepts of the other kind (`among="other-kind"`): a feature that a style
+        carries more than the target object does (a style x object interaction, or a style
+        feature that fires a little more on that object) is then never selected for the object.
+        With `among="all"` every other concept is a rival, so a feature that one style shares
+        with another style that fires it more is left out too.
         """
+        if among not in ("other-kind", "all"):
+            raise ValueError(f"among must be 'other-kind' or 'all', got {among!r}")
         kind = self.concepts[row].split(":", 1)[0]
-        others = [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] != kind]
+        rivals = [i for i, c in enumerate(self.concepts) if i != row and (among == "all" or c.split(":", 1)[0] != kind)]
         own = self.scores[row]
-        if not others:
+        if not rivals:
             return own
-        return np.where(own > self.scores[others].max(0), own, 0.0).astype(own.dtype)
+        return np.where(own > self.scores[rivals].max(0), own, 0.0).astype(own.dtype)
 
     def save(self, path: Path, config: dict | None = None) -> None:
         """Write to HDF5 (replacing the file atomically)."""

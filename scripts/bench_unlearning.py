@@ -83,8 +83,9 @@ def main():
     for name in parts:
         hookpoint, targets, together = PARTS[name]
         tune = tune_seeds if hookpoint == OBJECT_HOOKPOINT or args.tune_styles else None
+        label = name if args.selection == "saeuron" else f"{name}_{args.selection}"
         res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune, sampler, together,
-                             args.run / "eval" / f"bench_{name}.json", args.run / "report" / name, pipe=pipe,
+                             args.run / "eval" / f"bench_{label}.json", args.run / "report" / label, pipe=pipe,
                              base_images=base_images, selection=args.selection)
         print(f"## {name}\n\n{markdown_report(res)}")
         summary[name] = res["mean"]

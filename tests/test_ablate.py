@@ -130,6 +130,22 @@ def test_exclusive_selection_leaves_out_features_another_kind_carries_more():
     assert plan_ablation(scores, ["object:x"], -1.0, top_n=1).steps[0].features.tolist() == [2]
     # exclusive selection keeps only the feature the object carries more than any style does
     assert scores.exclusive_scores(x)[0, 2] == 0 and scores.exclusive_scores(x)[0, 1] > 0
-    assert plan_ablation(scores, ["object:x"], -1.0, top_n=2, exclusive=True).steps[0].features.tolist() == [1]
+    assert plan_ablation(scores, ["object:x"], -1.0, top_n=2, selection="exclusive").steps[0].features.tolist() == [1]
     # a style's own feature is untouched by the filter
-    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, exclusive=True).steps[0].features.tolist() == [0]
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, selection="exclusive").steps[0].features.tolist() == [0]
+
+
+def test_specific_selection_also_leaves_out_features_another_concept_of_the_same_kind_carries_more():
+    concepts = ["style:a", "style:b", "style:c", "style:d", "object:x"]
+    acc = ConceptMeanAccumulator(concepts, n_steps=1, n_features=4)
+    # feature 0: style a only; feature 1: fires in a, more in b (a palette both share); features 2, 3: styles c, d
+    for style, v in (("a", [1.0, 0.8, 0, 0]), ("b", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0]), ("d", [0, 0, 0, 1.0])):
+        acc.add([f"style:{style}", "object:x"], 0, np.asarray(v) + 0.05)
+    scores = acc.scores(np.array([500]))
+    a = scores.index("style:a")
+    assert 0 < scores.scores[a, 0, 1] < scores.scores[scores.index("style:b"), 0, 1]  # shared, b's more than a's
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=2).steps[0].features.tolist() == [0, 1]
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=2, selection="exclusive").steps[0].features.tolist() == [0, 1]
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=2, selection="specific").steps[0].features.tolist() == [0]
+    with pytest.raises(UserError, match="'nearest'"):
+        plan_ablation(scores, ["style:a"], -1.0, top_n=2, selection="nearest")
