@@ -76,8 +76,8 @@ def merge_plans(*plans: AblationPlan) -> AblationPlan:
     return AblationPlan(steps, timesteps)
 
 
-RIVALS = {"exclusive": "other-kind", "specific": "all"}  # selection rule -> concepts whose higher score excludes a feature
-SELECTIONS = ("saeuron", *RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
+SAME_KIND_RIVALS = {"exclusive": False, "specific": True}  # selection rule -> do concepts of the target's kind exclude too?
+SELECTIONS = ("saeuron", *SAME_KIND_RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
 
 
 def check_selection(selection: str) -> str:
@@ -101,7 +101,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
     check_selection(selection)
     rows = [scores.index(t) for t in targets]
-    ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, RIVALS[selection]) for r in rows}
+    ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, SAME_KIND_RIVALS[selection]) for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
     lo, hi = step_window or (0, int(step_ids.max()) + 1)

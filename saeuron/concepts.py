@@ -44,19 +44,17 @@ class ConceptScores:
         """Rows of every concept of one kind ('style' or 'object')."""
         return [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] == kind]
 
-    def exclusive_scores(self, row: int, among: str = "other-kind") -> np.ndarray:
+    def exclusive_scores(self, row: int, same_kind_too: bool = False) -> np.ndarray:
         """(T, F) scores of one concept, zeroed where a rival concept scores as high or higher.
 
-        Rivals are the concepts of the other kind (`among="other-kind"`): a feature that a style
-        carries more than the target object does (a style x object interaction, or a style
-        feature that fires a little more on that object) is then never selected for the object.
-        With `among="all"` every other concept is a rival, so a feature that one style shares
-        with another style that fires it more is left out too.
+        Rivals are the concepts of the other kind: a feature that a style carries more than the
+        target object does (a style x object interaction, or a style feature that fires a little
+        more on that object) is then never selected for the object. With `same_kind_too` every
+        other concept is a rival, so a feature that one style shares with another style that
+        fires it more is left out too.
         """
-        if among not in ("other-kind", "all"):
-            raise ValueError(f"among must be 'other-kind' or 'all', got {among!r}")
         kind = self.concepts[row].split(":", 1)[0]
-        rivals = [i for i, c in enumerate(self.concepts) if i != row and (among == "all" or c.split(":", 1)[0] != kind)]
+        rivals = [i for i, c in enumerate(self.concepts) if i != row and (same_kind_too or c.split(":", 1)[0] != kind)]
         own = self.scores[row]
         if not rivals:
             return own

@@ -40,8 +40,10 @@ class DemoConfig:
     eval_seeds: tuple[int, ...] = (100,)
 
 
-def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None) -> Path:
-    """Cache, train and score into the run directory `out` (each stage skipped when its output exists)."""
+def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None,
+              hookpoints: tuple[str, ...] = (STYLE_HOOKPOINT, OBJECT_HOOKPOINT)) -> Path:
+    """Cache the hookpoints (one store), train and score an SAE on each into the run directory `out`
+    (each stage skipped when its output exists)."""
     from .cache import CacheConfig, cache_activations, open_store
     from .concepts import score_cache
     from .minicanvas.world import all_prompts
@@ -53,11 +55,11 @@ def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None) -> Path:
     pipe = pipe or load_pipeline()
     sampler = resolve_sampler(pipe, SamplerConfig())
     store = out / "cache.h5"
-    cache_cfg = CacheConfig(hookpoints=(OBJECT_HOOKPOINT, STYLE_HOOKPOINT), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
+    cache_cfg = CacheConfig(hookpoints=tuple(sorted(hookpoints)), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
     if not (store.exists() and open_store(store).complete):
         print("[1/4] caching activations")
         cache_activations(pipe, all_prompts(), store, cache_cfg, resume=store.exists())
-    for hookpoint in (STYLE_HOOKPOINT, OBJECT_HOOKPOINT):
+    for hookpoint in hookpoints:
         sae_dir = out / "saes" / hookpoint
         if not (sae_dir / "metrics.json").exists():
             print(f"[2/4] training the SAE of {hookpoint}")

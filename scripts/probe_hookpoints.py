@@ -3,8 +3,8 @@
     python scripts/probe_hookpoints.py --run /tmp/hookpoints [--hookpoints A,B,...] [--seeds 0] [--tokens 1500000]
 
 SAeUron erases objects on `up_blocks.1.attentions.1` of Stable Diffusion. On a small model the
-object may live elsewhere. For each hookpoint this caches the minicanvas prompts (one store),
-trains an SAE with the demo's settings (`MINICANVAS_SAE`), scores the concepts, and reports,
+object may live elsewhere. `demo.build_run` caches the minicanvas prompts at every hookpoint
+(one store), trains an SAE on each with the demo's settings and scores the concepts; this reports,
 per kind, how many of the (step, feature) pairs SAeUron's rule selects are kind-exclusive and
 specific (see `probe_selection.py`): a block whose object selections are specific is one where
 an object can be erased without touching the styles. Every stage resumes.
@@ -21,15 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe_selection import selection_report  # noqa: E402
-from saeuron.cache import CacheConfig, cache_activations, open_store  # noqa: E402
-from saeuron.concepts import ConceptScores, score_cache  # noqa: E402
-from saeuron.demo import MINICANVAS_SAE  # noqa: E402
+from saeuron.concepts import ConceptScores  # noqa: E402
+from saeuron.demo import DemoConfig, build_run  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
 from saeuron.hooks import get_hookpoint  # noqa: E402
-from saeuron.minicanvas.world import all_prompts  # noqa: E402
-from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
-from saeuron.sae import load_sae  # noqa: E402
-from saeuron.train import TrainConfig, train  # noqa: E402
+from saeuron.pipelines import load_pipeline  # noqa: E402
 
 DEFAULT_HOOKPOINTS = ("down_blocks.2.attentions.0", "mid_block.attentions.0", "up_blocks.0.attentions.0",  # minicanvas: 8 x 8
                       "up_blocks.0.attentions.1", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
@@ -45,24 +41,14 @@ def main():
     args = p.parse_args()
     hookpoints = tuple(h.strip() for h in args.hookpoints.split(",") if h.strip())
     pipe = load_pipeline()
-    for h in hookpoints:
-        get_hookpoint(pipe, h)  # a clear error for a bad name before anything runs
-    sampler = resolve_sampler(pipe, SamplerConfig())
-    args.run.mkdir(parents=True, exist_ok=True)
-    store = args.run / "cache.h5"
-    if not (store.exists() and open_store(store).complete):
-        cfg = CacheConfig(hookpoints=hookpoints, seeds=tuple(parse_seeds(args.seeds)), steps=sampler.steps, cfg=sampler.cfg)
-        cache_activations(pipe, all_prompts(), store, cfg, resume=store.exists())
+    widths = {h: get_hookpoint(pipe, h).width for h in hookpoints}  # a clear error for a bad name before anything runs
+    build_run(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.seeds)), sae_tokens=args.tokens), pipe, hookpoints)
     summary = {}
     for h in hookpoints:
         sae_dir = args.run / "saes" / h
-        if not (sae_dir / "metrics.json").exists():
-            train(TrainConfig(out=str(sae_dir), hookpoint=h, cache=str(store), tokens=args.tokens, **MINICANVAS_SAE), resume=sae_dir.exists())
-        if not (sae_dir / "concepts.h5").exists():
-            score_cache(store, h, load_sae(sae_dir, hookpoint=h).eval()).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": h})
         rows = selection_report(ConceptScores.load(sae_dir / "concepts.h5"), args.percentile)
         metrics = json.loads((sae_dir / "metrics.json").read_text())
-        summary[h] = {"width": get_hookpoint(pipe, h).width, "val_fvu": metrics.get("val_fvu")}
+        summary[h] = {"width": widths[h], "val_fvu": metrics.get("val_fvu")}
         for kind in ("style", "object"):
             sel = [r for r in rows if r["concept"].startswith(kind)]
             total = max(sum(r["selected"] for r in sel), 1)

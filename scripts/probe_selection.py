@@ -30,7 +30,7 @@ def selection_report(scores: ConceptScores, percentile: float) -> list[dict]:
     for concept in scores.concepts:
         r = scores.index(concept)
         plan = plan_ablation(scores, [concept], -1.0, percentile=percentile)
-        exclusive, specific = scores.exclusive_scores(r), scores.exclusive_scores(r, among="all")
+        exclusive, specific = scores.exclusive_scores(r), scores.exclusive_scores(r, same_kind_too=True)
         step_row = {int(s): t for t, s in enumerate(scores.steps if scores.steps is not None else range(len(scores.timesteps)))}
         picked = [(step_row[step], f) for step, sa in plan.steps.items() for f in sa.features.tolist()]
         rows.append({"concept": concept, "selected": len(picked),
@@ -52,9 +52,9 @@ def main():
     for kind in ("style", "object"):
         sel = [r for r in rows if r["concept"].startswith(kind)]
         if sel:
-            total = sum(r["selected"] for r in sel)
-            share = {k: f"{sum(r[k] for r in sel)} ({100 * sum(r[k] for r in sel) / max(total, 1):.0f}%)" for k in ("exclusive", "specific")}
-            print(f"| **all {kind}s** | {total} | {share['exclusive']} | {share['specific']} | |")
+            total, counts = sum(r["selected"] for r in sel), [sum(r[k] for r in sel) for k in ("exclusive", "specific")]
+            shares = " | ".join(f"{n} ({100 * n / max(total, 1):.0f}%)" for n in counts)
+            print(f"| **all {kind}s** | {total} | {shares} | |")
 
 
 if __name__ == "__main__":
