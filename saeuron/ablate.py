@@ -76,6 +76,24 @@ def merge_plans(*plans: AblationPlan) -> AblationPlan:
     return AblationPlan(steps, timesteps)
 
 
+FIRING_RULES = ("mean", "kept-max")
+
+
+def firing_threshold(mean_acts: np.ndarray, kind_rows: list[int], target_rows: list[int], rule: str) -> float:
+    """Where a selected feature counts as firing, from its per-concept mean activations (one step).
+
+    "mean" (SAeUron): the mean over the concepts of the target's kind. "kept-max": the highest
+    mean of a kept concept of that kind, so the feature is only touched where it fires more
+    than it does on average for any concept that must stay.
+    """
+    if rule == "mean":
+        return float(mean_acts[kind_rows].mean())
+    if rule == "kept-max":
+        kept = [r for r in kind_rows if r not in target_rows]
+        return float(mean_acts[kept].max()) if kept else 0.0
+    raise UserError(f"unknown firing threshold rule {rule!r}; valid: {', '.join(FIRING_RULES)}")
+
+
 SAME_KIND_RIVALS = {"exclusive": False, "specific": True}  # selection rule -> do concepts of the target's kind exclude too?
 SELECTIONS = ("saeuron", *SAME_KIND_RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
 
@@ -89,7 +107,7 @@ def check_selection(selection: str) -> str:
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
                   top_n: int | None = None, step_window: tuple[int, int] | None = None,
-                  selection: str = "saeuron") -> AblationPlan:
+                  selection: str = "saeuron", firing: str = "mean") -> AblationPlan:
     """SAeUron's selection for one or more target concepts (union over targets), per step.
 
     `selection` (see SELECTIONS): "saeuron" (the paper) ranks all features by the target's
@@ -114,7 +132,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
             for i in select_features(ranked[r][t][None], percentile, top_n)[0]:
                 mu = float(scores.mean_acts[r, t, i])
                 if int(i) not in chosen or mu > chosen[int(i)][0]:  # union; the strongest concept's mean
-                    chosen[int(i)] = (mu, float(scores.mean_acts[kind_rows, t, i].mean()))
+                    chosen[int(i)] = (mu, firing_threshold(scores.mean_acts[:, t, i], kind_rows, rows, firing))
         if not chosen:
             continue
         ids = sorted(chosen)
@@ -190,6 +208,7 @@ class AblationSite:
     scores: ConceptScores
     tuned: dict[str, dict]  # target -> {"percentile", "multiplier", ...} from tuned.json
     selection: str = "saeuron"  # see SELECTIONS
+    firing: str = "mean"  # see FIRING_RULES
 
     def params(self, target: str, multiplier: float | None = None, percentile: float | None = None) -> dict:
         """The target's {percentile, multiplier}: given values, else the tuned ones, else the defaults."""
@@ -206,7 +225,7 @@ class AblationSite:
         for t in targets:
             p = (params or {}).get(t) or self.params(t, multiplier, percentile)
             plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"],
-                                       selection=self.selection))
+                                       selection=self.selection, firing=self.firing))
         return merge_plans(*plans)
 
     def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:
@@ -217,11 +236,13 @@ class AblationSite:
 TUNED_FILE = "tuned.json"
 
 
-def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron") -> AblationSite:
+def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron", firing: str = "mean") -> AblationSite:
     """Open an SAE folder written by `saeuron train` + `saeuron score` (clear errors for what is missing)."""
     import json
 
     check_selection(selection)
+    if firing not in FIRING_RULES:
+        raise UserError(f"unknown firing threshold rule {firing!r}; valid: {', '.join(FIRING_RULES)}")
     from .sae import load_sae
 
     sae_dir = Path(sae_dir)
@@ -240,7 +261,7 @@ def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron
     sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"]).eval()
     tuned_path = sae_dir / TUNED_FILE
     tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
-    return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned, selection)
+    return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned, selection, firing)
 
 
 def parse_targets(text: str) -> list[str]:
@@ -259,9 +280,12 @@ def parse_targets(text: str) -> list[str]:
     return targets
 
 
-def add_selection_arg(parser) -> None:
-    """The --selection option of the commands that ablate."""
+def add_rule_args(parser) -> None:
+    """The --selection and --firing options of the commands that ablate."""
     parser.add_argument("--selection", default="saeuron", choices=SELECTIONS,
                         help="feature selection: 'saeuron' (default) ranks all features by score, as the paper does; "
                              "'exclusive' skips features that a concept of the other kind scores higher; "
                              "'specific' skips features that any other concept scores higher")
+    parser.add_argument("--firing", default="mean", choices=FIRING_RULES,
+                        help="where a selected feature is scaled: 'mean' (default, SAeUron) where it fires above its mean "
+                             "over the concepts of the target's kind; 'kept-max' only above its highest mean on a kept concept")

@@ -249,7 +249,7 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
             mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
     return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
             "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint,
-                       "selection": site.selection}}
+                       "selection": site.selection, "firing": site.firing}}
 
 
 def markdown_report(results: dict) -> str:
@@ -281,22 +281,51 @@ def parse_target_spec(text: str) -> list[str]:
     return parse_targets(text)
 
 
-def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig) -> dict:
-    """What tuned values depend on: tuning seeds, sampler, and the concept scores (by content hash)."""
+def _grid_record(grid: dict) -> dict:
+    return {k: [float(v) for v in vals] for k, vals in grid.items()}
+
+
+# what a tuned.json record written before a setting existed was tuned with
+_RECORD_DEFAULTS = {"selection": "saeuron", "firing": "mean", "grid": _grid_record(TUNING_GRID)}
+
+
+def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid: dict) -> dict:
+    """What tuned values depend on: tuning seeds, sampler, rules, grid searched and the concept scores (by content hash)."""
     import hashlib
 
     digest = hashlib.sha256((site.sae_dir / "concepts.h5").read_bytes()).hexdigest()[:16]
     return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest,
-            "selection": site.selection}
+            "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid)}
+
+
+def parse_grid(percentiles: str | None, multipliers: str | None) -> dict:
+    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20'); missing lists keep TUNING_GRID's."""
+    from .errors import UserError
+
+    grid = dict(TUNING_GRID)
+    for key, text in (("percentile", percentiles), ("multiplier", multipliers)):
+        if text is None:
+            continue
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise UserError(f"bad tuning {key} list {text!r}; give comma-separated numbers") from None
+        bad = [v for v in values if not (0 < v < 100 if key == "percentile" else v < 0)]
+        if not values or bad:
+            raise UserError(f"bad tuning {key} list {text!r}: {'percentiles must be in (0, 100)' if key == 'percentile' else 'multipliers must be negative'}")
+        grid[key] = values
+    return grid
 
 
 def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
                    together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None,
-                   selection: str = "saeuron") -> dict:
+                   selection: str = "saeuron", fixed: dict | None = None, grid: dict = TUNING_GRID, firing: str = "mean") -> dict:
     """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning).
 
     Stored values are reused only when they were tuned on seeds disjoint from `seeds`, with
-    the same sampler and the same concept scores; with `tune_seeds`, stale ones are re-tuned.
+    the same sampler and the same concept scores; with `tune_seeds`, stale ones (or ones
+    searched over another `grid`) are re-tuned. `fixed` ({"percentile", "multiplier"}, either
+    may be None) overrides stored values for every target, as SAeUron's fixed style setting.
     """
     import json
 
@@ -306,11 +335,14 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     from .errors import UserError
     from .pipelines import load_pipeline, resolve_sampler
 
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    if tune_seeds and fixed:
+        raise UserError(f"both tuning seeds {list(tune_seeds)} and a fixed {fixed} were given; tune or fix, not both")
     if tune_seeds and set(tune_seeds) & set(seeds):
         raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
     pipe = pipe or load_pipeline()
     config = resolve_sampler(pipe, config)  # results and tuned values record the CFG scale actually used
-    site = load_ablation_site(sae_dir, pipe, selection)
+    site = load_ablation_site(sae_dir, pipe, selection, firing)
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation
     if site.scores.seeds is not None and set(site.scores.seeds.tolist()) & set(seeds):
@@ -319,25 +351,25 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         shared = sorted(set(site.scores.seeds.tolist()) & set(seeds))
         warnings.warn(f"evaluation seeds {shared} were also used to compute the concept scores; the evaluation images "
                       f"repeat images the features were selected on", stacklevel=2)
-    tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config)
+    tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid)
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
-        if tune_seeds and {k: tuned.get(t, {}).get(k) for k in current} != current:
-            tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config), **current}
+        if tune_seeds and {k: tuned.get(t, {}).get(k, _RECORD_DEFAULTS.get(k)) for k in current} != current:
+            tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config, grid), **current}
             (sae_dir / TUNED_FILE).write_text(json.dumps(tuned, indent=1))
-    for t in (t for t in targets if t in tuned):
+    for t in (t for t in targets if t in tuned and len(fixed) < 2):
         stored = tuned[t]
         if set(stored.get("tune_seeds", [])) & set(seeds):
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned on seeds {stored['tune_seeds']}, which overlap the "
                             f"evaluation seeds; re-tune with --tune-seeds disjoint from --seeds")
         if any(stored.get(k) not in (None, current[k]) for k in ("sampler", "scores_sha256")) or \
-                stored.get("selection", "saeuron") != current["selection"]:
+                any(stored.get(k, _RECORD_DEFAULTS[k]) != current[k] for k in ("selection", "firing")):
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings, concept scores or "
-                            f"feature selection (--selection) than now; re-tune with --tune-seeds")
-    params = {t: site.params(t) for t in targets}
+                            f"feature selection (--selection, --firing) than now; re-tune with --tune-seeds")
+    params = {t: site.params(t, fixed.get("multiplier"), fixed.get("percentile")) for t in targets}
     # finished targets go to a side file as they come, so an interrupted evaluation resumes
     partial_path = out.with_name(out.name + ".partial")
     key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params,
-           "scores_sha256": current["scores_sha256"], "selection": site.selection}
+           "scores_sha256": current["scores_sha256"], "selection": site.selection, "firing": site.firing}
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
     done = partial.get("targets", {}) if partial.get("key") == json.loads(json.dumps(key)) else {}
     bar = tqdm(total=1 if together else len(targets), desc="evaluating", initial=0 if together else sum(t in done for t in targets))
@@ -366,7 +398,8 @@ def _cmd_evaluate(args) -> None:
     results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
                              parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
                              args.together, Path(args.out), Path(args.report) if args.report else None,
-                             selection=args.selection)
+                             selection=args.selection, firing=args.firing, fixed={"multiplier": args.multiplier, "percentile": args.percentile},
+                             grid=parse_grid(args.tune_percentiles, args.tune_multipliers))
     print(markdown_report(results))
 
 
@@ -374,7 +407,7 @@ def register_cli(sub) -> None:
     """Add `evaluate`."""
     from .cli import command_help
 
-    from .ablate import add_selection_arg
+    from .ablate import add_rule_args
     from .generate import add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
@@ -382,9 +415,13 @@ def register_cli(sub) -> None:
     p.add_argument("--targets", required=True, help="all-styles | all-objects | style:NAME,object:NAME,...")
     p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")
     p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
+    p.add_argument("--multiplier", type=float, help="fixed multiplier for every target (instead of stored or tuned values)")
+    p.add_argument("--percentile", type=float, help="fixed selection percentile for every target")
+    p.add_argument("--tune-percentiles", help=f"percentiles to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['percentile']))})")
+    p.add_argument("--tune-multipliers", help=f"multipliers to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['multiplier']))})")
     p.add_argument("--together", action="store_true", help="erase all targets at once")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--report", help="folder for report.md and PNG grids")
-    add_selection_arg(p)
+    add_rule_args(p)
     add_sampler_args(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -139,7 +139,7 @@ def _generate_ablated(pipe, prompts, seeds, config, args) -> list[dict]:
     """Generate with SAeUron's ablation of the --ablate targets (each with its tuned values unless given)."""
     from .ablate import load_ablation_site, parse_targets
 
-    site = load_ablation_site(args.sae, pipe, args.selection)
+    site = load_ablation_site(args.sae, pipe, args.selection, args.firing)
     plan = site.plan(parse_targets(args.ablate or ""), multiplier=args.multiplier, percentile=args.percentile)
     pairs = [(p, s) for p in prompts for s in seeds]
     images = site.sample(pipe, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
@@ -157,7 +157,7 @@ def _cmd_classify(args) -> None:
 
 def register_cli(sub) -> None:
     """Add `concepts`, `generate` and `classify`."""
-    from .ablate import add_selection_arg
+    from .ablate import add_rule_args
     from .cli import command_help
 
     p = sub.add_parser("concepts", help=command_help("concepts"))
@@ -175,7 +175,7 @@ def register_cli(sub) -> None:
     p.add_argument("--ablate", help="concepts to erase: style:NAME[,object:NAME...]")
     p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
     p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
-    add_selection_arg(p)
+    add_rule_args(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("classify", help=command_help("classify"))

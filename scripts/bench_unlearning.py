@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import SELECTIONS, load_ablation_site  # noqa: E402
+from saeuron.ablate import FIRING_RULES, SELECTIONS, load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.evaluate import full_answer_set, generate_answer_set, markdown_report, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
@@ -63,6 +63,7 @@ def main():
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)} (default: all)")
     p.add_argument("--tune-styles", action="store_true", help="tune styles per target too (SAeUron fixes them)")
     p.add_argument("--selection", default="saeuron", choices=SELECTIONS, help="feature selection rule (see `saeuron evaluate --help`)")
+    p.add_argument("--firing", default="mean", choices=FIRING_RULES, help="firing threshold rule (see `saeuron evaluate --help`)")
     args = p.parse_args()
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = [x for x in parts if x not in PARTS]
@@ -83,10 +84,10 @@ def main():
     for name in parts:
         hookpoint, targets, together = PARTS[name]
         tune = tune_seeds if hookpoint == OBJECT_HOOKPOINT or args.tune_styles else None
-        label = name if args.selection == "saeuron" else f"{name}_{args.selection}"
+        label = "_".join([name] + [rule for rule, default in ((args.selection, "saeuron"), (args.firing, "mean")) if rule != default])
         res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune, sampler, together,
                              args.run / "eval" / f"bench_{label}.json", args.run / "report" / label, pipe=pipe,
-                             base_images=base_images, selection=args.selection)
+                             base_images=base_images, selection=args.selection, firing=args.firing)
         print(f"## {name}\n\n{markdown_report(res)}")
         summary[name] = res["mean"]
     summary["ablated/plain generation time"] = round(time_ratio(pipe, args.run, sampler), 3)

@@ -149,3 +149,21 @@ def test_specific_selection_also_leaves_out_features_another_concept_of_the_same
     assert plan_ablation(scores, ["style:a"], -1.0, top_n=2, selection="specific").steps[0].features.tolist() == [0]
     with pytest.raises(UserError, match="'nearest'"):
         plan_ablation(scores, ["style:a"], -1.0, top_n=2, selection="nearest")
+
+
+def test_firing_thresholds_mean_over_the_kind_or_highest_kept_concept():
+    concepts = ["style:a", "style:b", "style:c", "object:x"]
+    acc = ConceptMeanAccumulator(concepts, n_steps=1, n_features=2)
+    # feature 0 fires 1.0 in a and 0.8 in b (a neighbour that shares it); feature 1 is c's
+    for style, v in (("a", [1.0, 0]), ("b", [0.8, 0]), ("c", [0.0, 1.0])):
+        acc.add([f"style:{style}", "object:x"], 0, np.asarray(v))
+    scores = acc.scores(np.array([500]))
+    mean = plan_ablation(scores, ["style:a"], -1.0, top_n=1).steps[0]
+    kept_max = plan_ablation(scores, ["style:a"], -1.0, top_n=1, firing="kept-max").steps[0]
+    assert mean.features.tolist() == kept_max.features.tolist() == [0]
+    assert mean.threshold.item() == pytest.approx(0.6)  # (1.0 + 0.8 + 0.0) / 3: b's typical activation passes it
+    assert kept_max.threshold.item() == pytest.approx(0.8)  # b's mean: only activations above it are scaled
+    both = plan_ablation(scores, ["style:a", "style:b"], -1.0, top_n=1, firing="kept-max").steps[0]
+    assert both.threshold.item() == pytest.approx(0.0)  # only c is kept
+    with pytest.raises(UserError, match="'median'"):
+        plan_ablation(scores, ["style:a"], -1.0, top_n=1, firing="median")

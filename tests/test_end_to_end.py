@@ -163,3 +163,32 @@ def test_an_interrupted_evaluation_resumes_without_redoing_finished_targets(tiny
     (tmp_path / "results.json.partial").write_text(json.dumps(partial))
     ev.run_evaluation(sae_dir, targets, [7], None, fast, False, out, None, pipe=minicanvas_pipe)
     assert generated[-2:] == [("style:neon",), ("style:ocean",)]
+
+
+def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanvas_pipe, tmp_path):
+    import shutil
+
+    from saeuron.errors import UserError
+    from saeuron.evaluate import parse_grid, run_evaluation
+
+    sae_dir = tmp_path / "sae"
+    shutil.copytree(tiny_run / "saes" / TINY_HOOKPOINT, sae_dir)
+
+    def evaluate(tune=None, **kwargs):
+        res = run_evaluation(sae_dir, ["style:neon"], [7], tune, SamplerConfig(steps=2), False, tmp_path / "r.json", None,
+                             pipe=minicanvas_pipe, **kwargs)
+        return res["targets"]["style:neon"]["percentile"], res["targets"]["style:neon"]["multiplier"]
+
+    assert evaluate(fixed={"percentile": 99.0, "multiplier": -3.0}) == (99.0, -3.0)
+    with pytest.raises(UserError, match="tune or fix"):
+        evaluate(tune=[5], fixed={"multiplier": -3.0})
+    # tuning searches the given grid and records it; fixed values still override the tuned ones
+    percentile, multiplier = evaluate(tune=[5], grid=parse_grid("99", "-2,-4"))
+    assert percentile == 99.0 and multiplier in (-2.0, -4.0)
+    stored = json.loads((sae_dir / "tuned.json").read_text())["style:neon"]
+    assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0]}
+    assert evaluate(fixed={"multiplier": -7.0}) == (99.0, -7.0)
+    with pytest.raises(UserError, match="multipliers must be negative"):
+        parse_grid(None, "-1,2")
+    with pytest.raises(UserError, match="'99,x'"):
+        parse_grid("99,x", None)
