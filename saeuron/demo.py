@@ -42,9 +42,10 @@ class DemoConfig:
     sae_tokens: int = 1_500_000
     style_target: str = "style:neon"
     object_target: str = "object:star"
-    eval_seeds: tuple[int, ...] = (100,)
+    eval_seeds: tuple[int, ...] = (200,)  # disjoint from the seed (100) that tuned object_setting
     # fixed (percentile, multiplier) per kind instead of tuning, to stay within 10 minutes: SAeUron's
-    # style setting, and for objects the one the benchmark tunes for the star on seed 100
+    # style setting, and for objects the star's values tuned on seed 100 with an SAE built as this
+    # demo's (benchmarks/RESULTS.md, "Which block carries objects on minicanvas")
     style_setting: tuple[float, float] = (99.7, -1.0)
     object_setting: tuple[float, float] = (99.5, -20.0)
 
