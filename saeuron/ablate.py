@@ -79,30 +79,29 @@ def merge_plans(*plans: AblationPlan) -> AblationPlan:
 FIRING_RULES = ("mean", "kept-max")
 
 
-def firing_threshold(mean_acts: np.ndarray, kind_rows: list[int], target_rows: list[int], rule: str) -> float:
-    """Where a selected feature counts as firing, from its per-concept mean activations (one step).
+def firing_thresholds(scores: ConceptScores, row: int, target_rows: list[int], rule: str) -> np.ndarray:
+    """(T, F) activation above which a feature selected for concept `row` counts as firing.
 
-    "mean" (SAeUron): the mean over the concepts of the target's kind. "kept-max": the highest
-    mean of a kept concept of that kind, so the feature is only touched where it fires more
-    than it does on average for any concept that must stay.
+    "mean" (SAeUron): the mean over the concepts of the target's kind of their mean activation.
+    "kept-max": the highest mean of a kept (non-target) concept of that kind, so the feature is
+    only touched where it fires more than it does on average for any concept that must stay.
     """
+    kind_rows = scores.kind_rows(scores.concepts[row].split(":", 1)[0])
     if rule == "mean":
-        return float(mean_acts[kind_rows].mean())
-    if rule == "kept-max":
-        kept = [r for r in kind_rows if r not in target_rows]
-        return float(mean_acts[kept].max()) if kept else 0.0
-    raise UserError(f"unknown firing threshold rule {rule!r}; valid: {', '.join(FIRING_RULES)}")
+        return scores.mean_acts[kind_rows].mean(axis=0)
+    kept = [r for r in kind_rows if r not in target_rows]
+    return scores.mean_acts[kept].max(axis=0) if kept else np.zeros_like(scores.mean_acts[row])
 
 
 SAME_KIND_RIVALS = {"exclusive": False, "specific": True}  # selection rule -> do concepts of the target's kind exclude too?
 SELECTIONS = ("saeuron", *SAME_KIND_RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
 
 
-def check_selection(selection: str) -> str:
-    """A valid feature-selection rule name, or a clear error."""
-    if selection not in SELECTIONS:
-        raise UserError(f"unknown feature selection {selection!r}; valid: {', '.join(SELECTIONS)}")
-    return selection
+def check_rules(selection: str, firing: str = "mean") -> None:
+    """Valid feature-selection and firing-threshold rule names, or a clear error."""
+    for what, value, valid in (("feature selection", selection, SELECTIONS), ("firing threshold rule", firing, FIRING_RULES)):
+        if value not in valid:
+            raise UserError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
@@ -117,9 +116,10 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
     """
     if multiplier >= 0:
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
-    check_selection(selection)
+    check_rules(selection, firing)
     rows = [scores.index(t) for t in targets]
     ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, SAME_KIND_RIVALS[selection]) for r in rows}
+    thresholds = {r: firing_thresholds(scores, r, rows, firing) for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
     lo, hi = step_window or (0, int(step_ids.max()) + 1)
@@ -128,11 +128,10 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
             continue
         chosen: dict[int, tuple[float, float]] = {}  # feature -> (mu of its concept, firing threshold)
         for r in rows:
-            kind_rows = scores.kind_rows(scores.concepts[r].split(":", 1)[0])
             for i in select_features(ranked[r][t][None], percentile, top_n)[0]:
                 mu = float(scores.mean_acts[r, t, i])
                 if int(i) not in chosen or mu > chosen[int(i)][0]:  # union; the strongest concept's mean
-                    chosen[int(i)] = (mu, firing_threshold(scores.mean_acts[:, t, i], kind_rows, rows, firing))
+                    chosen[int(i)] = (mu, float(thresholds[r][t, i]))
         if not chosen:
             continue
         ids = sorted(chosen)
@@ -240,9 +239,7 @@ def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron
     """Open an SAE folder written by `saeuron train` + `saeuron score` (clear errors for what is missing)."""
     import json
 
-    check_selection(selection)
-    if firing not in FIRING_RULES:
-        raise UserError(f"unknown firing threshold rule {firing!r}; valid: {', '.join(FIRING_RULES)}")
+    check_rules(selection, firing)
     from .sae import load_sae
 
     sae_dir = Path(sae_dir)

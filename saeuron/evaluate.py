@@ -356,7 +356,8 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         if tune_seeds and {k: tuned.get(t, {}).get(k, _RECORD_DEFAULTS.get(k)) for k in current} != current:
             tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config, grid), **current}
             (sae_dir / TUNED_FILE).write_text(json.dumps(tuned, indent=1))
-    for t in (t for t in targets if t in tuned and len(fixed) < 2):
+    uses_stored = set(fixed) != {"multiplier", "percentile"}  # a fully fixed setting ignores tuned.json
+    for t in (t for t in targets if t in tuned and uses_stored):
         stored = tuned[t]
         if set(stored.get("tune_seeds", [])) & set(seeds):
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned on seeds {stored['tune_seeds']}, which overlap the "
