@@ -191,17 +191,17 @@ def ablated_answer_set(pipe, site, targets: list[str], answers: AnswerSet, confi
 def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID,
                 retain_per_concept: int | None = 2) -> dict:
     """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds
-    (on `tuning_answer_set`: the target's images and `retain_per_concept` of each other concept)."""
+    (on `tuning_answer_set`: the target's images and `retain_per_concept` of each other concept).
+    `tried` lists the metrics of every grid point."""
     answers = tuning_answer_set(target, seeds, retain_per_concept)
-    best = None
+    tried = []
     for pct in grid["percentile"]:
         for mult in grid["multiplier"]:
             params = {target: {"percentile": pct, "multiplier": mult}}
             m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, params)))
-            objective = (m["UA"] + m["IRA"]) / 2
-            if best is None or objective > best["objective"]:
-                best = {"percentile": pct, "multiplier": mult, "objective": objective, **m}
-    return best
+            tried.append({"percentile": pct, "multiplier": mult, "objective": (m["UA"] + m["IRA"]) / 2, **m})
+    best = max(tried, key=lambda point: point["objective"])  # the first of equals, in grid order
+    return {**best, "tried": tried}
 
 
 def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], config: SamplerConfig, params: dict[str, dict],

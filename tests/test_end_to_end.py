@@ -187,6 +187,7 @@ def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanv
     assert percentile == 99.0 and multiplier in (-2.0, -4.0)
     stored = json.loads((sae_dir / "tuned.json").read_text())["style:neon"]
     assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0]}
+    assert [(p["percentile"], p["multiplier"]) for p in stored["tried"]] == [(99.0, -2.0), (99.0, -4.0)]
     assert evaluate(fixed={"multiplier": -7.0}) == (99.0, -7.0)
     with pytest.raises(UserError, match="multipliers must be negative"):
         parse_grid(None, "-1,2")
