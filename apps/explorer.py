@@ -340,15 +340,17 @@ def ablate_page() -> None:
     st.subheader("Ablation (SAeUron)")
     concepts = st.multiselect("Concepts to ablate", scores.concepts if scores is not None else [], key="ab_concepts")
     feats_text = st.text_input("and/or feature ids (comma separated)", "", key="ab_features")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     multiplier = c1.number_input("Multiplier (negative)", -100.0, 100.0, -1.0, key="ab_mult")
     percentile = c2.number_input("Percentile", 0.0, 99.999, 99.0, step=0.1, format="%.3f", key="ab_pct")
-    window = c3.slider("Cached step window [from, to)", 0, cache_steps, (0, cache_steps), key="ab_window")
+    dominance = c3.number_input("Minimum dominance", 0.0, 100.0, 0.0, step=0.5, key="ab_dominance",
+                                help="keep only features the concept fires at least this many times as strongly as any other concept (0: off)")
+    window = c4.slider("Cached step window [from, to)", 0, cache_steps, (0, cache_steps), key="ab_window")
     if st.button("Run ablation", key="ab_run"):
         st.session_state.ab_result = None
         try:
             st.session_state.ab_result = run_ablation(sae, scores, prompt, int(seed), int(steps), float(cfg), concepts,
-                                                      feats_text, float(multiplier), float(percentile), tuple(window))
+                                                      feats_text, float(multiplier), float(percentile), tuple(window), float(dominance))
         except UserError as err:
             st.error(str(err))
     show_result(st.session_state.get("ab_result"), "Ablated")
@@ -375,7 +377,7 @@ def _sampler(steps: int, cfg: float):
     return SamplerConfig(steps=steps, cfg=cfg, batch_size=2)
 
 
-def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, multiplier, percentile, window) -> dict:
+def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, multiplier, percentile, window, dominance=0.0) -> dict:
     from saeuron.ablate import AblationPlan, merge_plans, plan_ablation, sample_with_ablation
     from saeuron.pipelines import to_uint8
 
@@ -392,7 +394,7 @@ def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, mu
         raise UserError(f"the step window {window} is empty; give from < to")
     plan = AblationPlan()
     if concepts:
-        plan = plan_ablation(scores, list(concepts), multiplier, percentile=percentile, step_window=window)
+        plan = plan_ablation(scores, list(concepts), multiplier, percentile=percentile, step_window=window, min_dominance=dominance)
     if features:
         plan = merge_plans(plan, manual_plan(scores, features, multiplier, window))
     pipe = get_pipeline(model)

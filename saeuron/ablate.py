@@ -106,19 +106,25 @@ def check_rules(selection: str, firing: str = "mean") -> None:
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
                   top_n: int | None = None, step_window: tuple[int, int] | None = None,
-                  selection: str = "saeuron", firing: str = "mean") -> AblationPlan:
+                  selection: str = "saeuron", firing: str = "mean", min_dominance: float = 0.0) -> AblationPlan:
     """SAeUron's selection for one or more target concepts (union over targets), per step.
 
     `selection` (see SELECTIONS): "saeuron" (the paper) ranks all features by the target's
     score; "exclusive" only features whose target score beats every concept of the other
     kind; "specific" only those whose target score beats every other concept
-    (`ConceptScores.exclusive_scores`).
+    (`ConceptScores.exclusive_scores`). `min_dominance` R > 0 further keeps only features the
+    target fires at least R times as strongly as any other concept (`ConceptScores.dominance`):
+    a feature a neighbour fires almost as much is scaled on the neighbour's images too.
     """
     if multiplier >= 0:
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
+    if not min_dominance >= 0:
+        raise UserError(f"the minimum dominance must be >= 0 (0: no filter), got {min_dominance}")
     check_rules(selection, firing)
     rows = [scores.index(t) for t in targets]
     ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, SAME_KIND_RIVALS[selection]) for r in rows}
+    if min_dominance > 0:
+        ranked = {r: np.where(scores.dominance(r) >= min_dominance, ranked[r], 0.0) for r in rows}
     thresholds = {r: firing_thresholds(scores, r, rows, firing) for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
@@ -185,6 +191,8 @@ def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: st
 
 DEFAULT_MULTIPLIER = -1.0
 DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used until tuned values are stored
+# a target's ablation setting: selection percentile, SAeUron's multiplier gamma, minimum dominance (0: off)
+SETTING_DEFAULTS = {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER, "dominance": 0.0}
 
 
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
@@ -209,22 +217,22 @@ class AblationSite:
     selection: str = "saeuron"  # see SELECTIONS
     firing: str = "mean"  # see FIRING_RULES
 
-    def params(self, target: str, multiplier: float | None = None, percentile: float | None = None) -> dict:
-        """The target's {percentile, multiplier}: given values, else the tuned ones, else the defaults."""
+    def params(self, target: str, **given: float | None) -> dict:
+        """The target's setting (the keys of SETTING_DEFAULTS): given values (None: not given),
+        else the tuned ones, else the defaults."""
+        unknown = set(given) - set(SETTING_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown ablation settings {sorted(unknown)}; valid: {', '.join(SETTING_DEFAULTS)}")
         stored = self.tuned.get(target, {})
-        return {
-            "multiplier": multiplier if multiplier is not None else stored.get("multiplier", DEFAULT_MULTIPLIER),
-            "percentile": percentile if percentile is not None else stored.get("percentile", DEFAULT_PERCENTILE),
-        }
+        return {k: given[k] if given.get(k) is not None else stored.get(k, default) for k, default in SETTING_DEFAULTS.items()}
 
-    def plan(self, targets: list[str], multiplier: float | None = None, percentile: float | None = None,
-             params: dict[str, dict] | None = None) -> AblationPlan:
-        """One plan erasing all targets, each selected with its own values (`params[target]` or `self.params`)."""
+    def plan(self, targets: list[str], params: dict[str, dict] | None = None, **given: float | None) -> AblationPlan:
+        """One plan erasing all targets, each selected with its own setting (`params[target]`, else `self.params`)."""
         plans = []
         for t in targets:
-            p = (params or {}).get(t) or self.params(t, multiplier, percentile)
-            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"],
-                                       selection=self.selection, firing=self.firing))
+            p = (params or {}).get(t) or self.params(t, **given)
+            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"], selection=self.selection,
+                                       firing=self.firing, min_dominance=p.get("dominance", SETTING_DEFAULTS["dominance"])))
         return merge_plans(*plans)
 
     def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:

@@ -60,6 +60,13 @@ class ConceptScores:
             return own
         return np.where(own > self.scores[rivals].max(0), own, 0.0).astype(own.dtype)
 
+    def dominance(self, row: int) -> np.ndarray:
+        """(T, F) how many times as strongly the concept fires each feature (mean activation) as
+        the other concept that fires it most; inf where no other concept fires it."""
+        others = np.delete(self.mean_acts, row, axis=0).max(0)
+        own = self.mean_acts[row]
+        return np.divide(own, others, out=np.full_like(own, np.inf), where=others > 0)
+
     def save(self, path: Path, config: dict | None = None) -> None:
         """Write to HDF5 (replacing the file atomically)."""
         tmp = Path(str(path) + ".tmp")

@@ -173,8 +173,8 @@ def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels
 
 
 # SAeUron searches percentile {99.99, 99.995, 99.999} of 20480 latents (1-3 features a step) x gamma {-1, -5, ..., -30};
-# at 1024 latents the same feature counts are percentiles 99.5-99.9
-TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0)}
+# at 1024 latents the same feature counts are percentiles 99.5-99.9. SAeUron has no dominance filter (0).
+TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0), "dominance": (0.0,)}
 
 
 def _labels_of(images: torch.Tensor) -> list[dict]:
@@ -184,22 +184,23 @@ def _labels_of(images: torch.Tensor) -> list[dict]:
 
 
 def ablated_answer_set(pipe, site, targets: list[str], answers: AnswerSet, config: SamplerConfig, params: dict[str, dict]) -> torch.Tensor:
-    """The answer set generated with the targets ablated together (`params[target]` = {percentile, multiplier})."""
+    """The answer set generated with the targets ablated together (`params[target]`: the target's setting)."""
     return site.sample(pipe, site.plan(targets, params=params), answers.prompts(), [k for _, _, k in answers.rows()], config)
 
 
 def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID,
                 retain_per_concept: int | None = 2) -> dict:
-    """SAeUron's per-target search: the (percentile, multiplier) maximising (UA + IRA) / 2 on tuning seeds
-    (on `tuning_answer_set`: the target's images and `retain_per_concept` of each other concept).
-    `tried` lists the metrics of every grid point."""
+    """SAeUron's per-target search: the setting (percentile x multiplier x dominance) maximising
+    (UA + IRA) / 2 on tuning seeds (on `tuning_answer_set`: the target's images and
+    `retain_per_concept` of each other concept). `tried` lists the metrics of every grid point."""
+    import itertools
+
     answers = tuning_answer_set(target, seeds, retain_per_concept)
     tried = []
-    for pct in grid["percentile"]:
-        for mult in grid["multiplier"]:
-            params = {target: {"percentile": pct, "multiplier": mult}}
-            m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, params)))
-            tried.append({"percentile": pct, "multiplier": mult, "objective": (m["UA"] + m["IRA"]) / 2, **m})
+    for values in itertools.product(*(grid.get(k, TUNING_GRID[k]) for k in TUNING_GRID)):
+        setting = dict(zip(TUNING_GRID, values))
+        m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, {target: setting})))
+        tried.append({**setting, "objective": (m["UA"] + m["IRA"]) / 2, **m})
     best = max(tried, key=lambda point: point["objective"])  # the first of equals, in grid order
     return {**best, "tried": tried}
 
@@ -209,8 +210,8 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
                         base_images: torch.Tensor | None = None, done: dict[str, dict] | None = None) -> dict:
     """UA / IRA / CRA per target (and the base model's, as reference), means per kind, and fidelity on kept prompts.
 
-    `site` is an `ablate.AblationSite`; `params[target]` holds the target's {percentile,
-    multiplier}. `base_images`, if given, are the base model's images of the answer set.
+    `site` is an `ablate.AblationSite`; `params[target]` holds the target's setting (the keys
+    of `ablate.SETTING_DEFAULTS`). `base_images`, if given, are the base model's images of the answer set.
     `done` holds results of targets already evaluated with the same settings (they are
     not generated again); `progress(group, results)` is called after each group.
     """
@@ -237,8 +238,7 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
         kept = [i for i, (s, o, _) in enumerate(answers.rows()) if f"style:{s}" not in group and f"object:{o}" not in group]
         fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept]) if kept else {}
         for t in group:
-            results[t] = {**unlearning_metrics(t, answers, labels, erased=group), "percentile": params[t]["percentile"],
-                          "multiplier": params[t]["multiplier"], "fidelity": fid,
+            results[t] = {**unlearning_metrics(t, answers, labels, erased=group), **params[t], "fidelity": fid,
                           "base": unlearning_metrics(t, answers, base_labels, erased=group)}
         if progress is not None:
             progress(group, results)
@@ -254,15 +254,15 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
 
 def markdown_report(results: dict) -> str:
     """A Markdown table of UA / IRA / CRA per target and the means."""
-    lines = ["| target | UA | IRA | CRA | base UA / IRA / CRA | percentile | multiplier | changed labels (kept prompts) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | UA | IRA | CRA | base UA / IRA / CRA | percentile | multiplier | dominance | changed labels (kept prompts) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t, m in results["targets"].items():
         changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))
         b = m.get("base", {})
         base = " / ".join(f"{b[k]:.1f}" for k in ("UA", "IRA", "CRA")) if b else ""
-        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {m['percentile']} | {m['multiplier']} | {changed:.1f}% |")
+        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {m['percentile']} | {m['multiplier']} | {m.get('dominance', 0.0)} | {changed:.1f}% |")
     for kind, m in results["mean"].items():
-        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | | |")
+        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | | | |")
     b = results["base"]
     lines.append("")
     lines.append(f"Base model: style accuracy {b['style_accuracy']:.1f}%, object accuracy {b['object_accuracy']:.1f}%.")
@@ -282,7 +282,8 @@ def parse_target_spec(text: str) -> list[str]:
 
 
 def _grid_record(grid: dict) -> dict:
-    return {k: [float(v) for v in vals] for k, vals in grid.items()}
+    """The grid as stored in tuned.json; an axis a record lacks was searched at its default alone."""
+    return {k: [float(v) for v in grid.get(k, TUNING_GRID[k])] for k in TUNING_GRID}
 
 
 # what a tuned.json record written before a setting existed was tuned with
@@ -298,21 +299,27 @@ def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid:
             "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid)}
 
 
-def parse_grid(percentiles: str | None, multipliers: str | None) -> dict:
-    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20'); missing lists keep TUNING_GRID's."""
+# what a value of each grid axis must satisfy, and the error that says so
+_GRID_RULES = {"percentile": (lambda v: 0 < v < 100, "percentiles must be in (0, 100)"),
+               "multiplier": (lambda v: v < 0, "multipliers must be negative"),
+               "dominance": (lambda v: v >= 0, "dominances must be >= 0 (0: no filter)")}
+
+
+def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str | None = None) -> dict:
+    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20', '0,2,3'); missing lists keep TUNING_GRID's."""
     from .errors import UserError
 
     grid = dict(TUNING_GRID)
-    for key, text in (("percentile", percentiles), ("multiplier", multipliers)):
+    for key, text in (("percentile", percentiles), ("multiplier", multipliers), ("dominance", dominances)):
         if text is None:
             continue
         try:
             values = tuple(float(v) for v in text.split(",") if v.strip())
         except ValueError:
             raise UserError(f"bad tuning {key} list {text!r}; give comma-separated numbers") from None
-        bad = [v for v in values if not (0 < v < 100 if key == "percentile" else v < 0)]
-        if not values or bad:
-            raise UserError(f"bad tuning {key} list {text!r}: {'percentiles must be in (0, 100)' if key == 'percentile' else 'multipliers must be negative'}")
+        valid, rule = _GRID_RULES[key]
+        if not values or not all(valid(v) for v in values):
+            raise UserError(f"bad tuning {key} list {text!r}: {rule}")
         grid[key] = values
     return grid
 
@@ -324,14 +331,14 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
 
     Stored values are reused only when they were tuned on seeds disjoint from `seeds`, with
     the same sampler and the same concept scores; with `tune_seeds`, stale ones (or ones
-    searched over another `grid`) are re-tuned. `fixed` ({"percentile", "multiplier"}, either
-    may be None) overrides stored values for every target, as SAeUron's fixed style setting.
+    searched over another `grid`) are re-tuned. `fixed` (some keys of `ablate.SETTING_DEFAULTS`;
+    None values are ignored) overrides stored values for every target, as SAeUron's fixed style setting.
     """
     import json
 
     from tqdm import tqdm
 
-    from .ablate import TUNED_FILE, load_ablation_site
+    from .ablate import SETTING_DEFAULTS, TUNED_FILE, load_ablation_site
     from .errors import UserError
     from .pipelines import load_pipeline, resolve_sampler
 
@@ -352,11 +359,14 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         warnings.warn(f"evaluation seeds {shared} were also used to compute the concept scores; the evaluation images "
                       f"repeat images the features were selected on", stacklevel=2)
     tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid)
+    def recorded(stored: dict) -> dict:  # what a stored record was tuned with, written in today's format
+        return {k: _grid_record(stored[k]) if k == "grid" and k in stored else stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}
+
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
-        if tune_seeds and {k: tuned.get(t, {}).get(k, _RECORD_DEFAULTS.get(k)) for k in current} != current:
+        if tune_seeds and recorded(tuned.get(t, {})) != current:
             tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config, grid), **current}
             (sae_dir / TUNED_FILE).write_text(json.dumps(tuned, indent=1))
-    uses_stored = set(fixed) != {"multiplier", "percentile"}  # a fully fixed setting ignores tuned.json
+    uses_stored = set(fixed) != set(SETTING_DEFAULTS)  # a fully fixed setting ignores tuned.json
     for t in (t for t in targets if t in tuned and uses_stored):
         stored = tuned[t]
         if set(stored.get("tune_seeds", [])) & set(seeds):
@@ -366,7 +376,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
                 any(stored.get(k, _RECORD_DEFAULTS[k]) != current[k] for k in ("selection", "firing")):
             raise UserError(f"{t}'s stored values in {TUNED_FILE} were tuned with other sampler settings, concept scores or "
                             f"feature selection (--selection, --firing) than now; re-tune with --tune-seeds")
-    params = {t: site.params(t, fixed.get("multiplier"), fixed.get("percentile")) for t in targets}
+    params = {t: site.params(t, **fixed) for t in targets}
     # finished targets go to a side file as they come, so an interrupted evaluation resumes
     partial_path = out.with_name(out.name + ".partial")
     key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params,
@@ -399,8 +409,9 @@ def _cmd_evaluate(args) -> None:
     results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
                              parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
                              args.together, Path(args.out), Path(args.report) if args.report else None,
-                             selection=args.selection, firing=args.firing, fixed={"multiplier": args.multiplier, "percentile": args.percentile},
-                             grid=parse_grid(args.tune_percentiles, args.tune_multipliers))
+                             selection=args.selection, firing=args.firing,
+                             fixed={"multiplier": args.multiplier, "percentile": args.percentile, "dominance": args.dominance},
+                             grid=parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances))
     print(markdown_report(results))
 
 
@@ -420,6 +431,9 @@ def register_cli(sub) -> None:
     p.add_argument("--percentile", type=float, help="fixed selection percentile for every target")
     p.add_argument("--tune-percentiles", help=f"percentiles to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['percentile']))})")
     p.add_argument("--tune-multipliers", help=f"multipliers to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['multiplier']))})")
+    p.add_argument("--dominance", type=float, help="fixed minimum dominance for every target: keep only features the target fires at "
+                                                   "least this many times as strongly as any other concept (0: no filter, SAeUron)")
+    p.add_argument("--tune-dominances", help="minimum dominances to search with --tune-seeds (default 0: SAeUron's selection alone)")
     p.add_argument("--together", action="store_true", help="erase all targets at once")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--report", help="folder for report.md and PNG grids")

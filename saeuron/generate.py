@@ -140,7 +140,7 @@ def _generate_ablated(pipe, prompts, seeds, config, args) -> list[dict]:
     from .ablate import load_ablation_site, parse_targets
 
     site = load_ablation_site(args.sae, pipe, args.selection, args.firing)
-    plan = site.plan(parse_targets(args.ablate or ""), multiplier=args.multiplier, percentile=args.percentile)
+    plan = site.plan(parse_targets(args.ablate or ""), multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance)
     pairs = [(p, s) for p in prompts for s in seeds]
     images = site.sample(pipe, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
     return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], Path(args.out))
@@ -175,6 +175,8 @@ def register_cli(sub) -> None:
     p.add_argument("--ablate", help="concepts to erase: style:NAME[,object:NAME...]")
     p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
     p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
+    p.add_argument("--dominance", type=float, help="keep only features each target fires at least this many times as strongly "
+                                                   "as any other concept (default: the tuned value of each target, else 0: no filter)")
     add_rule_args(p)
     p.set_defaults(func=_cmd_generate)
 

@@ -1,13 +1,15 @@
 """SAeUron unlearning on minicanvas over every style and every object (UnlearnCanvas metrics).
 
     python scripts/bench_unlearning.py [--run activations/bench] [--cache-seeds 0-1] [--tune-seeds 100] [--eval-seeds 200-201]
+        [--parts styles,three_styles_together,objects] [--style-tuning none|dominance|full] [--tune-dominances 0,2,3]
 
 Builds (or reuses) a run directory like `saeuron demo` with more cache seeds, then evaluates
 every style (on the style hookpoint), three styles together, and every object (on the object
 hookpoint), and the ablated / plain generation time ratio. As in SAeUron, styles use one fixed
-setting (multiplier -1, percentile 99.7: ~3 of 1024 features a step) unless --tune-styles is
-given, and each object's (percentile, multiplier) is tuned on the tuning seeds. Every part
-resumes where it stopped; --parts runs a subset. Targets: styles UA >= 95, IRA >= 90, CRA >= 90;
+setting (multiplier -1, percentile 99.7: ~3 of 1024 features a step) and each object's
+(percentile, multiplier) is tuned on the tuning seeds. `--style-tuning dominance` keeps the
+styles' fixed setting and tunes only their minimum dominance among --tune-dominances; `full`
+tunes styles over the objects' grid. Every part resumes where it stopped; --parts runs a subset. Targets: styles UA >= 95, IRA >= 90, CRA >= 90;
 objects UA >= 90, IRA >= 85, CRA >= 90; three styles together UA >= 90, IRA >= 85; time <= 1.3.
 """
 
@@ -24,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.ablate import FIRING_RULES, SELECTIONS, load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
-from saeuron.evaluate import full_answer_set, generate_answer_set, markdown_report, parse_target_spec, run_evaluation  # noqa: E402
+from saeuron.evaluate import TUNING_GRID, full_answer_set, generate_answer_set, markdown_report, parse_grid, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
@@ -34,12 +36,13 @@ PARTS = {  # name -> (hookpoint, targets, erased together)
     "three_styles_together": (STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
     "objects": (OBJECT_HOOKPOINT, parse_target_spec("all-objects"), False),
 }
+STYLE_SETTING = {"percentile": 99.7, "multiplier": -1.0}  # SAeUron's fixed style setting (99.999 of 20480 latents there)
 
 
 def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> float:
     """Ablated generation time / plain generation time for the same 50 prompts, best of `repeats`, interleaved."""
     site = load_ablation_site(run / "saes" / STYLE_HOOKPOINT, pipe)
-    plan = site.plan(["style:neon"], multiplier=-1.0, percentile=99.7)
+    plan = site.plan(["style:neon"], **STYLE_SETTING)
     prompts, seeds = ["a star in neon style"] * 50, list(range(50))
     sample(pipe, prompts[:1], seeds[:1], SamplerConfig(steps=1))  # warm-up
     plain, ablated = [], []
@@ -61,7 +64,11 @@ def main():
     p.add_argument("--tune-seeds", default="100")
     p.add_argument("--time-only", action="store_true", help="only the ablated / plain time ratio, on the existing --run")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)} (default: all)")
-    p.add_argument("--tune-styles", action="store_true", help="tune styles per target too (SAeUron fixes them)")
+    p.add_argument("--style-tuning", default="none", choices=("none", "dominance", "full"),
+                   help="none (default, SAeUron): one fixed style setting; dominance: tune only the styles' minimum dominance; "
+                        "full: tune styles over the objects' grid")
+    p.add_argument("--tune-dominances", default="0", help="minimum dominances searched wherever settings are tuned "
+                                                          "(default 0: SAeUron's selection alone; see `saeuron evaluate --help`)")
     p.add_argument("--selection", default="saeuron", choices=SELECTIONS, help="feature selection rule (see `saeuron evaluate --help`)")
     p.add_argument("--firing", default="mean", choices=FIRING_RULES, help="firing threshold rule (see `saeuron evaluate --help`)")
     args = p.parse_args()
@@ -79,15 +86,25 @@ def main():
         return
     build_run(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))), pipe)
     eval_seeds, tune_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds)
+    dominances = parse_grid(None, None, args.tune_dominances)["dominance"]
     base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)  # shared by every part
     summary = {}
     for name in parts:
         hookpoint, targets, together = PARTS[name]
-        tune = tune_seeds if hookpoint == OBJECT_HOOKPOINT or args.tune_styles else None
-        label = "_".join([name] + [rule for rule, default in ((args.selection, "saeuron"), (args.firing, "mean")) if rule != default])
-        res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune, sampler, together,
-                             args.run / "eval" / f"bench_{label}.json", args.run / "report" / label, pipe=pipe,
-                             base_images=base_images, selection=args.selection, firing=args.firing)
+        tuning = "full" if hookpoint == OBJECT_HOOKPOINT else args.style_tuning
+        searched = TUNING_GRID if tuning == "full" else {k: (v,) for k, v in STYLE_SETTING.items()}
+        grid = {**searched, "dominance": dominances}
+        fixed = {**STYLE_SETTING, "dominance": 0.0} if tuning == "none" else None
+        variant = [rule for rule, default in ((args.selection, "saeuron"), (args.firing, "mean")) if rule != default]
+        if hookpoint == STYLE_HOOKPOINT and tuning != "none":
+            variant.append(f"tuned-{tuning}")
+        if tuning != "none" and dominances != (0.0,):
+            variant.append("dominance-" + "-".join(f"{d:g}" for d in dominances))
+        label = "_".join([name, *variant])
+        res = run_evaluation(args.run / "saes" / hookpoint, targets, eval_seeds, tune_seeds if tuning != "none" else None, sampler,
+                             together, args.run / "eval" / f"bench_{label}.json", args.run / "report" / label, pipe=pipe,
+                             base_images=base_images, selection=args.selection, firing=args.firing, fixed=fixed,
+                             grid=grid)
         print(f"## {name}\n\n{markdown_report(res)}")
         summary[name] = res["mean"]
     summary["ablated/plain generation time"] = round(time_ratio(pipe, args.run, sampler), 3)

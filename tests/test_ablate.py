@@ -167,3 +167,23 @@ def test_firing_thresholds_mean_over_the_kind_or_highest_kept_concept():
     assert both.threshold.item() == pytest.approx(0.0)  # only c is kept
     with pytest.raises(UserError, match="'median'"):
         plan_ablation(scores, ["style:a"], -1.0, top_n=1, firing="median")
+
+
+def test_minimum_dominance_leaves_out_features_a_neighbour_fires_almost_as_strongly():
+    concepts = ["style:a", "style:b", "style:c", "object:x"]
+    acc = ConceptMeanAccumulator(concepts, n_steps=1, n_features=4)
+    # feature 0: a's alone; feature 1: a's strongest, b fires it 0.6 as much (a shared palette); 2, 3: b's and c's
+    for style, v in (("a", [0.5, 1.0, 0, 0]), ("b", [0, 0.6, 1.0, 0]), ("c", [0, 0, 0, 1.0])):
+        acc.add([f"style:{style}", "object:x"], 0, np.asarray(v))
+    scores = acc.scores(np.array([500]))
+    a = scores.index("style:a")
+    # rivals are every other concept: object x's mean over all images fires feature 0 a third as much as a
+    assert scores.dominance(a)[0, 0] == pytest.approx(3.0) and scores.dominance(a)[0, 1] == pytest.approx(1 / 0.6)
+    assert scores.dominance(scores.index("style:c"))[0, 3] == pytest.approx(3.0) and scores.dominance(a)[0, 3] == 0
+    # the shared feature is a's and scores highest, so every selection rule keeps it ...
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, selection="specific").steps[0].features.tolist() == [1]
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, min_dominance=1.5).steps[0].features.tolist() == [1]
+    # ... until a asks to fire it at least twice as strongly as any other concept: then a's own feature is chosen
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, min_dominance=2.0).steps[0].features.tolist() == [0]
+    with pytest.raises(UserError, match="-1"):
+        plan_ablation(scores, ["style:a"], -1.0, top_n=1, min_dominance=-1.0)

@@ -84,7 +84,7 @@ def test_evaluate_writes_unlearncanvas_schema_and_report(tiny_run, minicanvas_pi
 def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas_pipe, tmp_path):
     import shutil
 
-    from saeuron.ablate import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, load_ablation_site
+    from saeuron.ablate import SETTING_DEFAULTS, load_ablation_site
     from saeuron.errors import UserError
     from saeuron.evaluate import run_evaluation
 
@@ -95,9 +95,9 @@ def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas
     (sae_dir / "tuned.json").write_text(json.dumps(tuned))
     site = load_ablation_site(sae_dir)
     assert site.capture == "output" and site.hookpoint == TINY_HOOKPOINT
-    assert site.params("style:neon") == {"percentile": 99.0, "multiplier": -5.0}  # `generate --ablate` uses these
-    assert site.params("style:neon", multiplier=-2.0) == {"percentile": 99.0, "multiplier": -2.0}
-    assert site.params("style:lava") == {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER}
+    assert site.params("style:neon") == {"percentile": 99.0, "multiplier": -5.0, "dominance": 0.0}  # `generate --ablate` uses these
+    assert site.params("style:neon", multiplier=-2.0) == {"percentile": 99.0, "multiplier": -2.0, "dominance": 0.0}
+    assert site.params("style:lava") == SETTING_DEFAULTS
 
     def evaluate():
         return run_evaluation(sae_dir, ["style:neon"], [5], None, fast, False, tmp_path / "r.json", None, pipe=minicanvas_pipe)
@@ -177,19 +177,29 @@ def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanv
     def evaluate(tune=None, **kwargs):
         res = run_evaluation(sae_dir, ["style:neon"], [7], tune, SamplerConfig(steps=2), False, tmp_path / "r.json", None,
                              pipe=minicanvas_pipe, **kwargs)
-        return res["targets"]["style:neon"]["percentile"], res["targets"]["style:neon"]["multiplier"]
+        return tuple(res["targets"]["style:neon"][k] for k in ("percentile", "multiplier", "dominance"))
 
-    assert evaluate(fixed={"percentile": 99.0, "multiplier": -3.0}) == (99.0, -3.0)
+    assert evaluate(fixed={"percentile": 99.0, "multiplier": -3.0, "dominance": 1.5}) == (99.0, -3.0, 1.5)
     with pytest.raises(UserError, match="tune or fix"):
         evaluate(tune=[5], fixed={"multiplier": -3.0})
     # tuning searches the given grid and records it; fixed values still override the tuned ones
-    percentile, multiplier = evaluate(tune=[5], grid=parse_grid("99", "-2,-4"))
-    assert percentile == 99.0 and multiplier in (-2.0, -4.0)
-    stored = json.loads((sae_dir / "tuned.json").read_text())["style:neon"]
-    assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0]}
-    assert [(p["percentile"], p["multiplier"]) for p in stored["tried"]] == [(99.0, -2.0), (99.0, -4.0)]
-    assert evaluate(fixed={"multiplier": -7.0}) == (99.0, -7.0)
+    percentile, multiplier, dominance = evaluate(tune=[5], grid=parse_grid("99", "-2,-4", "0,2"))
+    assert percentile == 99.0 and multiplier in (-2.0, -4.0) and dominance in (0.0, 2.0)
+    tuned_path = sae_dir / "tuned.json"
+    stored = json.loads(tuned_path.read_text())["style:neon"]
+    assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0], "dominance": [0.0, 2.0]}
+    assert [(p["percentile"], p["multiplier"], p["dominance"]) for p in stored["tried"]] == [
+        (99.0, -2.0, 0.0), (99.0, -2.0, 2.0), (99.0, -4.0, 0.0), (99.0, -4.0, 2.0)]
+    assert evaluate(fixed={"multiplier": -7.0}) == (99.0, -7.0, dominance)
+    # a record written before the dominance axis existed counts as searched at dominance 0 alone: not re-tuned
+    old = {**stored, "grid": {"percentile": [99.0], "multiplier": [-2.0, -4.0]}, "dominance": None, "tried": []}
+    del old["dominance"]
+    tuned_path.write_text(json.dumps({"style:neon": old}))
+    assert evaluate(tune=[5], grid=parse_grid("99", "-2,-4")) == (99.0, multiplier, 0.0)
+    assert json.loads(tuned_path.read_text())["style:neon"]["tried"] == []
     with pytest.raises(UserError, match="multipliers must be negative"):
         parse_grid(None, "-1,2")
+    with pytest.raises(UserError, match="dominances must be >= 0"):
+        parse_grid(None, None, "2,-1")
     with pytest.raises(UserError, match="'99,x'"):
         parse_grid("99,x", None)
