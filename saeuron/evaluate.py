@@ -175,6 +175,8 @@ def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels
 # SAeUron searches percentile {99.99, 99.995, 99.999} of 20480 latents (1-3 features a step) x gamma {-1, -5, ..., -30};
 # at 1024 latents the same feature counts are percentiles 99.5-99.9. SAeUron has no dominance filter (0).
 TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0), "dominance": (0.0,)}
+# how tune_target chooses among settings of equal objective (on 10 target images UA moves in steps of 10, so ties are common)
+TIE_BREAK = "highest CRA"
 
 
 def _labels_of(images: torch.Tensor) -> list[dict]:
@@ -192,7 +194,8 @@ def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerCo
                 retain_per_concept: int | None = 2) -> dict:
     """SAeUron's per-target search: the setting (percentile x multiplier x dominance) maximising
     (UA + IRA) / 2 on tuning seeds (on `tuning_answer_set`: the target's images and
-    `retain_per_concept` of each other concept). `tried` lists the metrics of every grid point."""
+    `retain_per_concept` of each other concept); among equals the highest CRA, then the first in
+    grid order (TIE_BREAK). `tried` lists the metrics of every grid point."""
     import itertools
 
     answers = tuning_answer_set(target, seeds, retain_per_concept)
@@ -201,7 +204,7 @@ def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerCo
         setting = dict(zip(TUNING_GRID, values))
         m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, {target: setting})))
         tried.append({**setting, "objective": (m["UA"] + m["IRA"]) / 2, **m})
-    best = max(tried, key=lambda point: point["objective"])  # the first of equals, in grid order
+    best = max(tried, key=lambda point: (point["objective"], point["CRA"]))  # max keeps the first of equals
     return {**best, "tried": tried}
 
 
@@ -287,7 +290,7 @@ def _grid_record(grid: dict) -> dict:
 
 
 # what a tuned.json record written before a setting existed was tuned with
-_RECORD_DEFAULTS = {"selection": "saeuron", "firing": "mean", "grid": _grid_record(TUNING_GRID)}
+_RECORD_DEFAULTS = {"selection": "saeuron", "firing": "mean", "grid": _grid_record(TUNING_GRID), "tie_break": "grid order"}
 
 
 def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid: dict) -> dict:
@@ -296,7 +299,7 @@ def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid:
 
     digest = hashlib.sha256((site.sae_dir / "concepts.h5").read_bytes()).hexdigest()[:16]
     return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest,
-            "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid)}
+            "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid), "tie_break": TIE_BREAK}
 
 
 # what a value of each grid axis must satisfy, and the error that says so

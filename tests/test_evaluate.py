@@ -66,3 +66,18 @@ def test_tuning_set_has_every_target_image_and_a_few_of_each_other_concept():
     assert tuning_answer_set("style:neon", [100], None) == full_answer_set([100])
     labels = [{"style": s, "object": o} for s, o, _ in rows]
     assert unlearning_metrics("style:neon", sub, labels) == {"UA": 0.0, "IRA": 100.0, "CRA": 100.0}
+
+
+def test_tuning_maximises_ua_plus_ira_and_breaks_ties_by_cra(monkeypatch):
+    import saeuron.evaluate as ev
+
+    # metrics of each (multiplier, dominance) as if measured: -5 and -1 at dominance 2 tie on (UA + IRA) / 2
+    measured = {(-1.0, 0.0): (100, 80, 90), (-1.0, 2.0): (100, 90, 95), (-5.0, 0.0): (100, 90, 70), (-5.0, 2.0): (90, 70, 99)}
+    monkeypatch.setattr(ev, "ablated_answer_set", lambda pipe, site, targets, answers, config, params: params[targets[0]])
+    monkeypatch.setattr(ev, "_labels_of", lambda setting: setting)
+    monkeypatch.setattr(ev, "unlearning_metrics", lambda target, answers, setting: dict(
+        zip(("UA", "IRA", "CRA"), measured[setting["multiplier"], setting["dominance"]])))
+    grid = {"percentile": (99.7,), "multiplier": (-5.0, -1.0), "dominance": (0.0, 2.0)}
+    best = ev.tune_target(None, None, "style:neon", [100], None, grid)
+    assert (best["multiplier"], best["dominance"], best["objective"], best["CRA"]) == (-1.0, 2.0, 95.0, 95)
+    assert [(p["multiplier"], p["dominance"]) for p in best["tried"]] == [(-5.0, 0.0), (-5.0, 2.0), (-1.0, 0.0), (-1.0, 2.0)]
