@@ -58,7 +58,7 @@ def test_generate_cli_with_ablation(tiny_run, tmp_path):
     out = tmp_path / "abl"
     assert main(["generate", "--prompt", "a star in neon style", "--seeds", "0", "--steps", "4", "--sae",
                  str(tiny_run / "saes" / TINY_HOOKPOINT), "--ablate", "style:neon", "--multiplier", "-5", "--percentile", "99",
-                 "--out", str(out)]) == 0
+                 "--dominance", "2", "--out", str(out)]) == 0
     assert json.loads((out / "index.json").read_text())[0]["prompt"] == "a star in neon style"
 
 
