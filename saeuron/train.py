@@ -53,7 +53,7 @@ class TrainConfig:
     val_tokens: int = 16384  # at most this many validation rows are scored
     n_checkpoints: int = 10
     warmup_steps: int | None = None  # None: min(1000, 5% of the steps)
-    seed: int = 0
+    seed: int = 0  # initial weights, data order, sampled validation rows
     buffer_rows: int = 262_144  # shuffle buffer of the store reader
     d_in: int | None = None  # filled in from the data
     capture: str = "output"  # the signal the store recorded (block output or output - input); ablation edits the same
@@ -298,6 +298,7 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
     )
+    torch.manual_seed(cfg.seed)  # sae-lens draws the initial weights from the global generator
     sae = TrainingSAE.from_dict(_training_sae_config(cfg, cfg.hookpoint).to_dict())
     if checkpoint is not None:
         sae.load_weights_from_checkpoint(checkpoint)
@@ -435,6 +436,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--sparsity-coefficient", type=float, default=1.0, help="l1 (standard) or l0 (jumprelu) loss weight")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of prompts held out for validation (default: 0.1)")
     p.add_argument("--checkpoints", type=int, default=10, help="checkpoints during training (default: 10; only the newest is kept)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and the validation rows sampled")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.set_defaults(func=_cli_train)

@@ -179,6 +179,19 @@ class Interrupting:
         return next(self.inner)
 
 
+def test_same_seed_same_data_gives_the_same_sae(tmp_path, data):
+    from safetensors.torch import load_file
+
+    x, val = data
+    weights = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.randn(7)  # whatever the global generator did before, the seed decides the initial weights
+        train(small_cfg(tmp_path / run, tokens=256 * 20, seed=seed), data=tensor_batches(x, 256), val_acts=val)
+        weights.append(load_file(tmp_path / run / "sae_weights.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["W_enc"], weights[2]["W_enc"])
+
+
 def test_resume_continues_an_interrupted_run(tmp_path, data):
     x, val = data
     cfg = small_cfg(tmp_path / "run", tokens=256 * 120, n_checkpoints=4)
