@@ -403,7 +403,8 @@ def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, mu
                                            capture=sae_capture(info.saes[hookpoint])))
     what = ", ".join(list(concepts) + [f"feature {f}" for f in features])
     return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
-            "note": f"ablated {what} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps · multiplier {multiplier}"}
+            "note": f"ablated {what} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps · multiplier {multiplier}"
+                    + (f" · minimum dominance {dominance}" if concepts and dominance > 0 else "")}
 
 
 def run_steering(sae, prompt, seed, steps, cfg, feature, value, mode, window) -> dict:
