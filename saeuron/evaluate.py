@@ -363,7 +363,8 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
                       f"repeat images the features were selected on", stacklevel=2)
     tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid)
     def recorded(stored: dict) -> dict:  # what a stored record was tuned with, written in today's format
-        return {k: _grid_record(stored[k]) if k == "grid" and k in stored else stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}
+        record = {k: stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}
+        return {**record, "grid": _grid_record(record["grid"])}
 
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
         if tune_seeds and recorded(tuned.get(t, {})) != current:

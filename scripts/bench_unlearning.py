@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import FIRING_RULES, SELECTIONS, load_ablation_site  # noqa: E402
+from saeuron.ablate import FIRING_RULES, SELECTIONS, SETTING_DEFAULTS, load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, full_answer_set, generate_answer_set, markdown_report, parse_grid, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.generate import parse_seeds  # noqa: E402
@@ -36,7 +36,8 @@ PARTS = {  # name -> (hookpoint, targets, erased together)
     "three_styles_together": (STYLE_HOOKPOINT, ["style:neon", "style:ocean", "style:lava"], True),
     "objects": (OBJECT_HOOKPOINT, parse_target_spec("all-objects"), False),
 }
-STYLE_SETTING = {"percentile": 99.7, "multiplier": -1.0}  # SAeUron's fixed style setting (99.999 of 20480 latents there)
+# SAeUron's fixed style setting (percentile 99.999 of 20480 latents there, 99.7 of 1024 here; multiplier -1; no dominance filter)
+STYLE_SETTING = SETTING_DEFAULTS
 
 
 def time_ratio(pipe, run: Path, sampler: SamplerConfig, repeats: int = 2) -> float:
@@ -94,7 +95,7 @@ def main():
         tuning = "full" if hookpoint == OBJECT_HOOKPOINT else args.style_tuning
         searched = TUNING_GRID if tuning == "full" else {k: (v,) for k, v in STYLE_SETTING.items()}
         grid = {**searched, "dominance": dominances}
-        fixed = {**STYLE_SETTING, "dominance": 0.0} if tuning == "none" else None
+        fixed = STYLE_SETTING if tuning == "none" else None
         variant = [rule for rule, default in ((args.selection, "saeuron"), (args.firing, "mean")) if rule != default]
         if hookpoint == STYLE_HOOKPOINT and tuning != "none":
             variant.append(f"tuned-{tuning}")
