@@ -86,7 +86,10 @@ def firing_thresholds(scores: ConceptScores, row: int, target_rows: list[int], r
     "kept-max": the highest mean of a kept (non-target) concept of that kind, so the feature is
     only touched where it fires more than it does on average for any concept that must stay.
     """
-    kind_rows = scores.kind_rows(scores.concepts[row].split(":", 1)[0])
+    kind_rows = scores.kind_rows(scores.kind(row))
+    if len(kind_rows) == 1 and scores.other_acts is not None:  # a one-value kind: the concept against the prompts without it
+        rest = scores.other_acts[row]
+        return (scores.mean_acts[row] + rest) / 2 if rule == "mean" else rest
     if rule == "mean":
         return scores.mean_acts[kind_rows].mean(axis=0)
     kept = [r for r in kind_rows if r not in target_rows]
@@ -263,26 +266,13 @@ def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron
         from .hooks import get_hookpoint
 
         width = get_hookpoint(pipe, cfg["hookpoint"]).width
-    sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"]).eval()
+    placement = {"device": pipe.unet.device, "dtype": pipe.unet.dtype} if pipe is not None else {}
+    sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"], **placement).eval()
     tuned_path = sae_dir / TUNED_FILE
     tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
     return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned, selection, firing)
 
 
-def parse_targets(text: str) -> list[str]:
-    """'style:neon,object:star' -> ['style:neon', 'object:star'], checked against the minicanvas world."""
-    from .minicanvas.world import check_concept
-
-    targets = [t.strip() for t in text.split(",") if t.strip()]
-    if not targets:
-        raise UserError(f"no targets in {text!r}; give e.g. style:neon,object:star")
-    for t in targets:
-        kind, _, name = t.partition(":")
-        try:
-            check_concept(kind, name)
-        except ValueError as err:
-            raise UserError(f"bad target {t!r}: {err}") from None
-    return targets
 
 
 def add_rule_args(parser) -> None:

@@ -16,7 +16,7 @@ from .errors import UserError
 
 # subcommand -> (stage module that registers it, one-line help), in the order of --help
 COMMANDS = {
-    "concepts": ("saeuron.generate", "list the styles and objects of the minicanvas world"),
+    "concepts": ("saeuron.generate", "list the concept kinds and values of minicanvas, a labelled prompt file or a store"),
     "generate": ("saeuron.generate", "generate one PNG per prompt x seed, with index.json"),
     "classify": ("saeuron.generate", "label every PNG of a folder with the shipped style/object classifier"),
     "hookpoints": ("saeuron.hooks", "list the UNet's hookpoints (cross-attention blocks; --all: every module) with their shapes"),

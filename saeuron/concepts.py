@@ -5,6 +5,9 @@ latents first averaged over spatial positions) and mu_o the same over images of 
 concepts of the same kind (other styles for a style):
 
     score_t = mu_c / sum(mu_c) - mu_o / sum(mu_o)
+
+A kind with a single value (`nudity:yes`) has no other concepts: mu_o is then the mean over the
+images whose prompts lack the label.
 """
 
 from __future__ import annotations
@@ -33,16 +36,32 @@ class ConceptScores:
     n_images: np.ndarray  # (C,)
     steps: np.ndarray | None = None  # (T,) step index of each row (None = 0..T-1)
     seeds: np.ndarray | None = None  # seeds of the cached images the scores came from (None = unknown)
+    other_acts: np.ndarray | None = None  # (C, T, F) mu_o of each concept (None: written before it was kept)
+
+    def kind(self, row: int) -> str:
+        """The kind of a concept row."""
+        return self.concepts[row].split(":", 1)[0]
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds of the scored concepts, in order."""
+        return list(dict.fromkeys(self.kind(i) for i in range(len(self.concepts))))
 
     def index(self, concept: str) -> int:
-        """Row of a concept ('style:NAME' / 'object:NAME'); clear error if unknown."""
+        """Row of a concept ('KIND:VALUE'); clear error naming the valid kinds or values if unknown."""
         if concept not in self.concepts:
-            raise UserError(f"unknown concept {concept!r}; the scores know {', '.join(self.concepts)}")
+            from .concept_set import Concept
+
+            c = Concept.parse(concept)
+            if c.kind not in self.kinds:
+                raise UserError(f"unknown concept kind {c.kind!r} in {concept!r}; the scores know the kinds {', '.join(self.kinds) or '(none)'}")
+            raise UserError(f"unknown concept {concept!r}; the scores know the {c.kind} values "
+                            f"{', '.join(x.split(':', 1)[1] for x in self.concepts if x.startswith(c.kind + ':'))}")
         return self.concepts.index(concept)
 
     def kind_rows(self, kind: str) -> list[int]:
-        """Rows of every concept of one kind ('style' or 'object')."""
-        return [i for i, c in enumerate(self.concepts) if c.split(":", 1)[0] == kind]
+        """Rows of every concept of one kind."""
+        return [i for i in range(len(self.concepts)) if self.kind(i) == kind]
 
     def exclusive_scores(self, row: int, same_kind_too: bool = False) -> np.ndarray:
         """(T, F) scores of one concept, zeroed where a rival concept scores as high or higher.
@@ -53,8 +72,8 @@ class ConceptScores:
         other concept is a rival, so a feature that one style shares with another style that
         fires it more is left out too.
         """
-        kind = self.concepts[row].split(":", 1)[0]
-        rivals = [i for i, c in enumerate(self.concepts) if i != row and (same_kind_too or c.split(":", 1)[0] != kind)]
+        kind = self.kind(row)
+        rivals = [i for i in range(len(self.concepts)) if i != row and (same_kind_too or self.kind(i) != kind)]
         own = self.scores[row]
         if not rivals:
             return own
@@ -81,6 +100,8 @@ class ConceptScores:
             f["steps"] = self.steps if self.steps is not None else np.arange(len(self.timesteps))
             if self.seeds is not None:
                 f["seeds"] = np.asarray(self.seeds, dtype=np.int64)
+            if self.other_acts is not None:
+                f.create_dataset("other_acts", data=self.other_acts.astype(np.float32), compression="gzip")
         tmp.replace(path)
 
     @classmethod
@@ -98,6 +119,7 @@ class ConceptScores:
                     n_images=f["n_images"][()],
                     steps=f["steps"][()],
                     seeds=f["seeds"][()] if "seeds" in f else None,
+                    other_acts=f["other_acts"][()] if "other_acts" in f else None,
                 )
         except (OSError, KeyError) as err:
             raise UserError(f"cannot read concept scores from {str(path)!r}: {err}") from None
@@ -111,30 +133,38 @@ class ConceptMeanAccumulator:
         self._row = {c: i for i, c in enumerate(self.concepts)}
         self.sums = np.zeros((len(concepts), n_steps, n_features), np.float64)
         self.counts = np.zeros((len(concepts), n_steps), np.int64)
+        self.total_sums = np.zeros((n_steps, n_features), np.float64)  # every image, labelled or not
+        self.total_counts = np.zeros(n_steps, np.int64)
 
     def add(self, labels: list[str], step: int, image_mean_f: np.ndarray) -> None:
-        """Add one image's position-averaged latents at one step to each of its concepts."""
+        """Add one image's position-averaged latents at one step to each of its concepts (and to the total)."""
+        self.total_sums[step] += image_mean_f
+        self.total_counts[step] += 1
         for c in labels:
             i = self._row[c]
             self.sums[i, step] += image_mean_f
             self.counts[i, step] += 1
 
     def scores(self, timesteps: np.ndarray) -> ConceptScores:
-        """Mean activations and SAeUron scores (mu_o over the other concepts of the same kind)."""
+        """Mean activations and SAeUron scores (mu_o over the other concepts of the same kind, or the unlabelled rest)."""
         if (self.counts == 0).any():
             missing = sorted({self.concepts[i] for i in np.nonzero((self.counts == 0).any(1))[0]})
             raise UserError(f"no images for concepts {missing} at some steps; the cache must cover every concept at every step")
         means = self.sums / self.counts[..., None]
-        scores = np.zeros_like(means)
+        other = np.zeros_like(means)
         kinds = [c.split(":", 1)[0] for c in self.concepts]
         for i, kind in enumerate(kinds):
             others = [j for j, k in enumerate(kinds) if k == kind and j != i]
-            if not others:
-                continue
-            other_mean = self.sums[others].sum(0) / self.counts[others].sum(0)[..., None]
-            scores[i] = _normalise(means[i]) - _normalise(other_mean)
+            if others:
+                other_sum, other_count = self.sums[others].sum(0), self.counts[others].sum(0)
+            else:  # a kind with one value: against the images without it (none: no contrast, score 0)
+                other_sum, other_count = self.total_sums - self.sums[i], self.total_counts - self.counts[i]
+                if (other_count == 0).any():
+                    other_sum, other_count = self.sums[i], self.counts[i]
+            other[i] = other_sum / other_count[..., None]
+        scores = _normalise(means) - _normalise(other)
         return ConceptScores(self.concepts, np.asarray(timesteps), means.astype(np.float32), scores.astype(np.float32),
-                             self.counts[:, 0].copy())
+                             self.counts[:, 0].copy(), other_acts=other.astype(np.float32))
 
 
 def _normalise(mean_tf: np.ndarray) -> np.ndarray:
@@ -161,11 +191,6 @@ def select_features(scores_tf: np.ndarray, percentile: float | None = None, top_
     return chosen
 
 
-def image_concepts(prompt_row: dict) -> list[str]:
-    """Concept labels of a prompt-table row: ['style:X', 'object:Y'] (empty labels skipped)."""
-    return [f"{kind}:{prompt_row[kind]}" for kind in ("style", "object") if prompt_row.get(kind)]
-
-
 @torch.no_grad()
 def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15, branch: str = "cond") -> ConceptScores:
     """Concept scores of an SAE over a cached run: latents averaged per image and step, then per concept."""
@@ -177,6 +202,11 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
     info = open_store(cache_path)
     if hookpoint not in info.widths:
         raise UserError(f"hookpoint {hookpoint!r} is not in {str(cache_path)!r}; it holds {', '.join(info.hookpoints)}")
+    table = info.concept_set
+    concepts = table.concepts()
+    if not concepts:
+        raise UserError(f"{str(cache_path)!r} holds unlabelled prompts only; cache a labelled prompt file (.csv / .jsonl with a "
+                        "'prompt' column and a column per concept kind) or --minicanvas to score concepts")
     if sae.cfg.d_in != info.widths[hookpoint]:
         raise UserError(f"SAE width {sae.cfg.d_in} does not match hookpoint {hookpoint!r} of width {info.widths[hookpoint]}")
     prov = row_provenance(cache_path, hookpoint)
@@ -188,7 +218,8 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
     uniq, group = np.unique(keys, axis=0, return_inverse=True)
     group = group.ravel()
     n_feat = sae.cfg.d_sae
-    sums = torch.zeros(len(uniq), n_feat, dtype=torch.float64)
+    device = sae.W_dec.device
+    sums = torch.zeros(len(uniq), n_feat, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     counts = np.bincount(group[keep], minlength=len(uniq))
     n = len(group)
     for start in tqdm(range(0, n, block_rows), desc=f"scoring {hookpoint}"):
@@ -196,18 +227,18 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
         mask = keep[start:stop]
         if not mask.any():
             continue
-        latents = sae.encode(read_rows(cache_path, hookpoint, start, stop)[torch.from_numpy(mask)])
-        sums.index_add_(0, torch.from_numpy(group[start:stop][mask]), latents.double())
+        rows = read_rows(cache_path, hookpoint, start, stop)[torch.from_numpy(mask)]
+        latents = sae.encode(rows.to(device, sae.W_dec.dtype))
+        sums.index_add_(0, torch.from_numpy(group[start:stop][mask]).to(device), latents.to(sums.dtype))
     steps, first_row = np.unique(prov["step"], return_index=True)  # vectorised: stores hold millions of rows
     steps = steps.tolist()
     step_row = {s: i for i, s in enumerate(steps)}
     timesteps = prov["timestep"][first_row].astype(np.int64)
-    concepts = sorted({c for p in info.prompts for c in image_concepts(p)}, key=lambda c: (not c.startswith("style"), c))
     acc = ConceptMeanAccumulator(concepts, len(steps), n_feat)
-    means = (sums / torch.from_numpy(np.maximum(counts, 1))[:, None]).numpy()
+    means = (sums.cpu().double() / torch.from_numpy(np.maximum(counts, 1))[:, None]).numpy()
     for (prompt, _seed, step), mean, count in zip(uniq, means, counts):
         if count:
-            acc.add(image_concepts(info.prompts[int(prompt)]), step_row[int(step)], mean)
+            acc.add(table.labels(table.rows[int(prompt)]), step_row[int(step)], mean)
     scores = acc.scores(timesteps)
     scores.steps = np.array(steps)
     scores.seeds = np.unique(prov["seed"][keep]).astype(np.int64)
@@ -215,6 +246,7 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
 
 
 def _cmd_score(args) -> None:
+    from .cli_args import device_from_args
     from .sae import load_sae
 
     hookpoint = args.hookpoint
@@ -223,7 +255,8 @@ def _cmd_score(args) -> None:
         hookpoint = json.loads(sae_cfg.read_text()).get("hookpoint")
     if hookpoint is None:
         raise UserError("give --hookpoint: the SAE folder does not say which hookpoint it was trained on")
-    sae = load_sae(args.sae, hookpoint=hookpoint).eval()
+    device, dtype = device_from_args(args)
+    sae = load_sae(args.sae, hookpoint=hookpoint, device=device, dtype=dtype).eval()
     scores = score_cache(Path(args.cache), hookpoint, sae)
     out = Path(args.out) if args.out else Path(args.sae) / "concepts.h5"
     scores.save(out, {"cache": str(args.cache), "sae": str(args.sae), "hookpoint": hookpoint})
@@ -233,10 +266,12 @@ def _cmd_score(args) -> None:
 def register_cli(sub) -> None:
     """Add `score`."""
     from .cli import command_help
+    from .cli_args import add_device_args
 
     p = sub.add_parser("score", help=command_help("score"))
     p.add_argument("--cache", required=True, help="the activation store (.h5 or sharded folder)")
     p.add_argument("--sae", required=True, help="the SAE folder")
     p.add_argument("--hookpoint", help="default: the hookpoint the SAE was trained on")
     p.add_argument("--out", help="default: SAE_DIR/concepts.h5")
+    add_device_args(p)
     p.set_defaults(func=_cmd_score)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .generate import parse_seeds
+from .cli_args import parse_seeds
 from .pipelines import SamplerConfig, load_pipeline, resolve_sampler
 
 # SAeUron hooks up_blocks.1.attentions.2 for styles and up_blocks.1.attentions.1 for objects on

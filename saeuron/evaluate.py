@@ -408,7 +408,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
 
 
 def _cmd_evaluate(args) -> None:
-    from .generate import parse_seeds, sampler_from_args
+    from .cli_args import parse_seeds, sampler_from_args
 
     results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
                              parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
@@ -424,7 +424,7 @@ def register_cli(sub) -> None:
     from .cli import command_help
 
     from .ablate import add_rule_args
-    from .generate import add_sampler_args
+    from .cli_args import add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
     p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -11,34 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli_args import PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
+from .concept_set import parse_concepts
 from .errors import UserError
-from .pipelines import MINICANVAS, SamplerConfig, load_pipeline, sample, to_uint8
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0,1,5' or '0-3' (inclusive) or a mix: '0-2,7'."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        span = re.fullmatch(r"(\d+)-(\d+)", part)
-        try:
-            seeds += list(range(int(span[1]), int(span[2]) + 1)) if span else ([int(part)] if part else [])
-        except ValueError:
-            raise UserError(f"bad seed {part!r} in {text!r}; give integers like 0,1,2 or a range 0-7") from None
-    if not seeds:
-        raise UserError(f"no seeds in {text!r}; give integers like 0,1,2 or a range 0-7")
-    return seeds
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per non-empty line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompt file {str(path)!r} not found")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompt file {str(path)!r} is empty; write one prompt per line")
-    return prompts
+from .pipelines import SamplerConfig, load_pipeline, sample, to_uint8
 
 
 def save_images(images: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], out: Path) -> list[dict]:
@@ -85,62 +60,53 @@ def classify_dir(folder: Path) -> list[dict]:
 # ---------------------------------------------------------------- CLI
 
 
+def concept_set_of(args):
+    """The concept set `saeuron concepts` lists: a store's (--store), a prompt file's (--prompts), else minicanvas's."""
+    from .concept_set import ConceptSet
+
+    if args.store:
+        from .cache import open_store
+
+        return open_store(args.store).concept_set
+    return ConceptSet.from_file(args.prompts) if args.prompts else ConceptSet.minicanvas()
+
+
 def _cmd_concepts(args) -> None:
-    from .minicanvas.world import OBJECTS, STYLE_NAMES
-
+    cs = concept_set_of(args)
+    table = {kind: cs.values(kind) for kind in cs.kinds}
     if args.json:
-        print(json.dumps({"styles": list(STYLE_NAMES), "objects": list(OBJECTS)}))
-    else:
-        print("styles: " + ", ".join(STYLE_NAMES))
-        print("objects: " + ", ".join(OBJECTS))
-
-
-def sampler_from_args(args) -> SamplerConfig:
-    """The sampler settings given on the command line."""
-    return SamplerConfig(steps=args.steps, cfg=args.cfg, batch_size=args.batch_size)
-
-
-def add_sampler_args(p) -> None:
-    """--model, --steps, --cfg, --batch-size."""
-    d = SamplerConfig()
-    p.add_argument("--model", default=MINICANVAS, help="minicanvas (default), a diffusers folder or a hub id")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's; minicanvas stores its "
-                   "own, Stable Diffusion 7.5)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-
-
-def prompts_from_args(args) -> list[str]:
-    """--prompt P (repeatable) or --prompts FILE."""
-    if args.prompts:
-        return read_prompts(args.prompts)
-    if args.prompt:
-        if any(not p.strip() for p in args.prompt):
-            raise UserError("empty --prompt; give the text of a prompt")
-        return list(args.prompt)
-    raise UserError("give --prompt P or --prompts FILE")
+        print(json.dumps({"source": cs.name, "kinds": table, "concepts": cs.concepts(),
+                          "prompts_per_concept": {c: sum(c in cs.labels(r) for r in cs.rows) for c in cs.concepts()}}))
+        return
+    print(f"{cs.name}: {len(cs.rows)} prompts, {len(cs.concepts())} concepts")
+    for kind, values in table.items():
+        print(f"{kind} ({len(values)}): " + ", ".join(values))
+    if not table:
+        print("(no labels: every prompt is unlabelled)")
 
 
 def _cmd_generate(args) -> None:
-    prompts = prompts_from_args(args)
+    prompts = concept_set_from_args(args).prompts
     seeds = parse_seeds(args.seeds)
-    pipe = load_pipeline(args.model)
     config = sampler_from_args(args)
+    device, dtype = device_from_args(args)
     if args.ablate and not args.sae:
         raise UserError("--ablate needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
+    targets = parse_concepts(args.ablate) if args.ablate else []
+    pipe = load_pipeline(args.model, dtype, device)
     if args.sae:
-        index = _generate_ablated(pipe, prompts, seeds, config, args)
+        index = _generate_ablated(pipe, prompts, seeds, config, targets, args)
     else:
         index = generate_to_dir(pipe, prompts, seeds, config, Path(args.out))
     print(f"wrote {len(index)} images and index.json to {args.out}")
 
 
-def _generate_ablated(pipe, prompts, seeds, config, args) -> list[dict]:
+def _generate_ablated(pipe, prompts, seeds, config, targets, args) -> list[dict]:
     """Generate with SAeUron's ablation of the --ablate targets (each with its tuned values unless given)."""
-    from .ablate import load_ablation_site, parse_targets
+    from .ablate import load_ablation_site
 
     site = load_ablation_site(args.sae, pipe, args.selection, args.firing)
-    plan = site.plan(parse_targets(args.ablate or ""), multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance)
+    plan = site.plan(targets, multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance)
     pairs = [(p, s) for p in prompts for s in seeds]
     images = site.sample(pipe, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
     return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], Path(args.out))
@@ -161,18 +127,21 @@ def register_cli(sub) -> None:
     from .cli import command_help
 
     p = sub.add_parser("concepts", help=command_help("concepts"))
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--store", help="list the concepts of an activation store (.h5 or sharded folder)")
+    g.add_argument("--prompts", help="list the concepts of a labelled prompt file (.csv / .jsonl)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_concepts)
 
     p = sub.add_parser("generate", help=command_help("generate"))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    g.add_argument("--prompts", help="a file with one prompt per line")
+    g.add_argument("--prompts", help=PROMPTS_HELP)
     p.add_argument("--seeds", default="0", help="seeds: 0,1,2 or 0-7")
     p.add_argument("--out", required=True, help="output folder")
     add_sampler_args(p)
     p.add_argument("--sae", help="SAE folder (with concepts.h5) for --ablate")
-    p.add_argument("--ablate", help="concepts to erase: style:NAME[,object:NAME...]")
+    p.add_argument("--ablate", help="concepts to erase, KIND:VALUE[,KIND:VALUE...] (any concept of the SAE's scores, e.g. style:neon,object:star)")
     p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
     p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
     p.add_argument("--dominance", type=float, help="keep only features each target fires at least this many times as strongly "

@@ -75,8 +75,11 @@ def model_family(pipe) -> str:
     return "sd"
 
 
-def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = torch.float32):
-    """Load minicanvas, a local diffusers SD 1.x/2.x/XL folder, or a hub id; DDIM scheduler."""
+def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None):
+    """Load minicanvas, a local diffusers SD 1.x/2.x/XL folder, or a hub id, on `device` (None: auto) in `dtype`; DDIM scheduler."""
+    from .devices import resolve_device, resolve_dtype
+
+    device, dtype = resolve_device(device or "auto"), resolve_dtype(dtype)
     name = str(name_or_path)
     if name == MINICANVAS:
         from .minicanvas.model import PIPELINE_DIR
@@ -93,7 +96,11 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = to
                 raise UserError(f"model folder {name!r} not found or has no model_index.json; give a diffusers pipeline folder, a hub id, or 'minicanvas'")
             cls_name = json.loads(index.read_text()).get("_class_name")
             cls = MiniCanvasPipeline if cls_name == "MiniCanvasPipeline" else DiffusionPipeline
-            pipe = cls.from_pretrained(path, dtype=dtype)
+            try:
+                pipe = cls.from_pretrained(path, dtype=dtype)
+            except Exception as err:  # a foreign class, missing or truncated weights: one line naming the folder
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise UserError(f"could not load model folder {name!r} as a diffusers pipeline ({type(err).__name__}: {first[:200]})") from None
         else:
             try:
                 pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype)
@@ -103,7 +110,8 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype = to
         if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
             raise UserError(f"model {name!r} is a {type(pipe).__name__}, not a Stable Diffusion 1.x/2.x/XL pipeline")
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.unet.to(memory_format=torch.channels_last)  # faster CPU convolutions (mkldnn)
+    pipe.to(device)
+    pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions (mkldnn on the CPU, cuDNN NHWC kernels on GPUs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

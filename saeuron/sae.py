@@ -97,18 +97,23 @@ def _load_sparsify(folder: Path, device: str):
     return sae.to(device)
 
 
-def load_sae(path: str | Path, expected_width: int | None = None, hookpoint: str | None = None, device: str = "cpu"):
-    """A sae-lens SAE from a sae-lens folder or a sparsify/SAeUron checkpoint; checks its width against `expected_width`."""
+def load_sae(path: str | Path, expected_width: int | None = None, hookpoint: str | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None):
+    """A sae-lens SAE from a sae-lens folder or a sparsify/SAeUron checkpoint, on `device` in `dtype` (None: as saved);
+    checks its width against `expected_width`."""
     folder = find_sae_folder(path, hookpoint)
     if _has(folder, SAE_LENS_FILES):
         from sae_lens import SAE
 
         try:
-            sae = SAE.load_from_disk(folder, device=device)
-        except (KeyError, ValueError, TypeError, OSError) as err:
-            raise UserError(f"cannot load the sae-lens SAE in {str(folder)!r}: {err}") from None
+            sae = SAE.load_from_disk(folder, device=str(device))
+        except Exception as err:  # truncated safetensors, a cfg.json of another library: one line naming the folder
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise UserError(f"cannot load the sae-lens SAE in {str(folder)!r} ({type(err).__name__}: {first[:200]})") from None
     else:
         sae = _load_sparsify(folder, device)
+    if dtype is not None:
+        sae = sae.to(dtype=dtype)
     sae.eval()
     if expected_width is not None and sae.cfg.d_in != expected_width:
         where = f"hookpoint {hookpoint!r}" if hookpoint else "the block"

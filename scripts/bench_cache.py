@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from saeuron import cache
+from saeuron.cache import writer
 from saeuron.errors import UserError
+from saeuron.hooks import get_hookpoint
 from saeuron.minicanvas.world import all_prompts
 from saeuron.pipelines import SamplerConfig, load_pipeline, sample
 
@@ -81,9 +83,9 @@ def _fsync_path(path: Path) -> None:
 def _time_store_write(path: Path, info, rows: dict, prov: dict, rows_per_call: int, calls_per_unit: int, commit_mb: float) -> float:
     """Seconds to write the rows through the store writer as caching does (one append per hook call,
     units of `calls_per_unit` calls), until durable on disk."""
-    cache._Writer.create(path, json.dumps(info.config, sort_keys=True), info.prompts, info.widths, {h: rows_per_call for h in HOOKPOINTS})
+    writer.Writer.create(path, json.dumps(info.config, sort_keys=True), info.concept_set, info.widths, {h: rows_per_call for h in HOOKPOINTS})
     t = time.perf_counter()
-    w = cache._Writer(path, commit_bytes=int(commit_mb * 2**20))
+    w = writer.Writer(path, commit_bytes=int(commit_mb * 2**20))
     for call, start in enumerate(range(0, len(rows[HOOKPOINTS[0]]), rows_per_call)):
         for h in HOOKPOINTS:
             w.append(h, rows[h][start : start + rows_per_call], {k: v[start : start + rows_per_call] for k, v in prov[h].items()})
@@ -146,7 +148,7 @@ def main() -> None:
         # store write speed alone: the same rows through the store writer vs one plain sequential file write
         rows = {h: cache.read_rows(out, h).numpy().astype(np.float16) for h in HOOKPOINTS}
         prov = {h: cache.row_provenance(out, h) for h in HOOKPOINTS}
-        rows_per_call = args.batch_size * cache.get_hookpoint(pipe, HOOKPOINTS[0]).tokens  # one image batch, one step
+        rows_per_call = args.batch_size * get_hookpoint(pipe, HOOKPOINTS[0]).tokens  # one image batch, one step
         rows, prov = _tile_to(rows, prov, args.write_mib)
         store_t, plain_t = [], []
         for r in range(args.repeats):

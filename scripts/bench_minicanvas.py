@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.evaluate import answer_set_grid, full_answer_set, generate_answer_set, label_accuracy  # noqa: E402
-from saeuron.generate import parse_seeds  # noqa: E402
+from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.pipelines import MINICANVAS, SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
 
 

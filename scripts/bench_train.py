@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from saeuron import cache
+from saeuron.cache import writer
 from saeuron.train import TrainConfig, tensor_batches, train
 
 HOOK = "up_blocks.1.attentions.1"
@@ -34,8 +35,8 @@ def write_store(path: Path, rows: int, width: int, rows_per_prompt: int = 256) -
         x[i:i + n] = (codes @ basis).half()
     n_prompts = -(-rows // rows_per_prompt)
     config = cache.CacheConfig(hookpoints=(HOOK,), prompts="bench", batch_size=1)
-    cache._Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: width})
-    w = cache._Writer(path)
+    writer.Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: width})
+    w = writer.Writer(path)
     for p, lo in enumerate(range(0, rows, rows_per_prompt)):  # one unit per prompt
         n = min(rows_per_prompt, rows - lo)
         prov = {k: np.zeros(n, dt) for k, dt in cache.PROVENANCE.items()}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.ablate import FIRING_RULES, SELECTIONS, SETTING_DEFAULTS, load_ablation_site  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, full_answer_set, generate_answer_set, markdown_report, parse_grid, parse_target_spec, run_evaluation  # noqa: E402
-from saeuron.generate import parse_seeds  # noqa: E402
+from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe_selection import selection_report  # noqa: E402
 from saeuron.concepts import ConceptScores  # noqa: E402
 from saeuron.demo import DemoConfig, build_run  # noqa: E402
-from saeuron.generate import parse_seeds  # noqa: E402
+from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.hooks import get_hookpoint  # noqa: E402
 from saeuron.pipelines import load_pipeline  # noqa: E402
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from saeuron import cache, cli, hooks
+from saeuron.cache import writer
 from saeuron.errors import UserError
 from saeuron.pipelines import SamplerConfig, sample
 
@@ -203,7 +204,7 @@ def test_timesteps_positions_and_residual(pipe, tmp_path):
 def test_resume_drops_partial_unit(pipe, store, tmp_path, monkeypatch):
     config = replace(CONFIG, batch_size=1, steps=2)
     full = cache.cache_activations(pipe, PROMPTS[:2], tmp_path / "full.h5", config, progress=False)
-    write_progress = cache._Writer._write_progress
+    write_progress = writer.Writer._write_progress
     calls = {"n": 0}
 
     def failing_write_progress(self):
@@ -212,14 +213,14 @@ def test_resume_drops_partial_unit(pipe, store, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         write_progress(self)
 
-    monkeypatch.setattr(cache._Writer, "_write_progress", failing_write_progress)
+    monkeypatch.setattr(writer.Writer, "_write_progress", failing_write_progress)
     part = tmp_path / "part.h5"
     with pytest.raises(KeyboardInterrupt):
         cache.cache_activations(pipe, PROMPTS[:2], part, config, progress=False, commit_mb=0)
     with h5py.File(part, "r") as f:
         assert f["progress"].shape[0] == 2 and f["acts"][HP1].shape[0] > f["progress"][1][0]
     assert cache.open_store(part).rows[HP1] == 2 * 2 * 2 * 256  # readers see only committed units
-    monkeypatch.setattr(cache._Writer, "_write_progress", write_progress)
+    monkeypatch.setattr(writer.Writer, "_write_progress", write_progress)
     cache.cache_activations(pipe, PROMPTS[:2], part, config, resume=True, progress=False)
     _assert_same(part, full)
 
@@ -259,7 +260,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pipe, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
     _assert_same(killed, tmp_path / "whole.h5")
     info = cache.open_store(killed)
-    assert info.complete and info.prompts[1] == {"prompt": "a square in neon style", "style": "", "object": ""}
+    assert info.complete and info.prompts[1] == {"prompt": "a square in neon style"} and info.concept_set.kinds == ()
 
 
 def test_shards_with_manifest(pipe, store, tmp_path, monkeypatch):
@@ -327,7 +328,7 @@ def test_chunk_appender_writes_exactly_the_appended_rows(tmp_path, width):
     for session in range(3):  # reopen: the partial last chunk is read back and rewritten
         with h5py.File(path, "r+", libver="latest") as f:
             f.swmr_mode = True
-            appender = cache._ChunkAppender(f["d"])
+            appender = writer.ChunkAppender(f["d"])
             for n in [16, 8, 5, 8, 3, 24, 0, 11]:
                 rows = rng.integers(-1000, 1000, (n, *shape)).astype(np.int32 if n % 2 == 0 else np.int64)
                 appender.append(rows)

@@ -8,7 +8,10 @@ from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES
 
 def test_concepts_json(capsys):
     assert main(["concepts", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"styles": list(STYLE_NAMES), "objects": list(OBJECTS)}
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["kinds"] == {"style": sorted(STYLE_NAMES), "object": sorted(OBJECTS)}
+    assert listed["source"] == "minicanvas" and listed["prompts_per_concept"]["style:neon"] == len(OBJECTS)
+    assert listed["prompts_per_concept"]["object:star"] == len(STYLE_NAMES) + 1  # and the plain "a star"
 
 
 def test_generate_then_classify(tmp_path, capsys):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from saeuron import cache
+from saeuron.cache import writer
 from saeuron.cli import main
 from saeuron.errors import UserError
 from saeuron.sae import load_sae
@@ -216,8 +217,8 @@ def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400, cap
     step = np.tile(np.repeat([0, 1, 2], [134, 133, 133]), n_prompts)
     x[:, 0] = torch.from_numpy(prompt).float()  # lets the test see which prompt a row came from
     config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1, capture=capture)
-    cache._Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: D_IN})
-    w = cache._Writer(path)
+    writer.Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: D_IN})
+    w = writer.Writer(path)
     for p in range(n_prompts):
         rows = slice(p * rows_per_prompt, (p + 1) * rows_per_prompt)
         prov = {k: np.zeros(rows_per_prompt, dt) for k, dt in cache.PROVENANCE.items()}
