@@ -25,18 +25,28 @@ PAGES = ("Features", "Concepts", "Ablate", "Run")
 # ---------------------------------------------------------------- cached loaders
 
 
+def placement() -> tuple[str, str]:
+    """(device, dtype) from `saeuron app --device/--dtype` (passed as SAEURON_DEVICE / SAEURON_DTYPE)."""
+    import os
+
+    return os.environ.get("SAEURON_DEVICE", "auto"), os.environ.get("SAEURON_DTYPE", "float32")
+
+
 @st.cache_resource(show_spinner="loading the pipeline")
 def get_pipeline(model: str):
     from saeuron.pipelines import load_pipeline
 
-    return load_pipeline(model)
+    device, dtype = placement()
+    return load_pipeline(model, dtype, device)
 
 
 @st.cache_resource(show_spinner="loading the SAE")
 def get_sae(folder: str, hookpoint: str, mtime: float = 0.0):
+    from saeuron.devices import resolve_device, resolve_dtype
     from saeuron.sae import load_sae
 
-    return load_sae(folder, hookpoint=hookpoint).eval()
+    device, dtype = placement()
+    return load_sae(folder, hookpoint=hookpoint, device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
 
 
 @st.cache_resource(show_spinner="reading concept scores")
@@ -271,7 +281,9 @@ def concepts_page() -> None:
     scores = load_scores_or_error()
     if scores is None:
         return
-    concept = st.selectbox("Concept", scores.concepts, key="concept")
+    c1, c2 = st.columns([1, 3])
+    kind = c1.selectbox("Kind", ["every kind", *scores.kinds], key="concept_kind")
+    concept = c2.selectbox("Concept", [x for x in scores.concepts if kind == "every kind" or x.startswith(kind + ":")], key="concept")
     c = scores.index(concept)
     col1, col2 = st.columns(2)
     top_n = col1.slider("Features in the heatmap", 5, min(200, scores.scores.shape[2]), min(30, scores.scores.shape[2]), key="heat_n")
@@ -313,6 +325,29 @@ def concepts_page() -> None:
 # ---------------------------------------------------------------- Ablate page
 
 
+NO_LABEL = "(none)"
+
+
+def pick_prompt(cs) -> str:
+    """A prompt of the run's labelled prompt set, chosen by one value per concept kind, or typed."""
+    kinds = list(cs.kinds) if cs is not None else []
+    cols = st.columns(len(kinds) + 1)
+    chosen = {}
+    for col, kind in zip(cols, kinds):
+        values = list(dict.fromkeys(r[kind] for r in cs.rows if r[kind]))  # in the set's order
+        options = values + ([NO_LABEL] if any(not r[kind] for r in cs.rows) else [])
+        pick = col.selectbox(kind.capitalize(), options, key=f"ab_{kind}")
+        chosen[kind] = "" if pick == NO_LABEL else pick
+    custom = cols[-1].text_input("or a free prompt" if kinds else "Prompt", "", key="ab_prompt").strip()
+    if custom or cs is None:
+        return custom
+    match = next((r["prompt"] for r in cs.rows if all(r[k] == v for k, v in chosen.items())), None)
+    if match is None:
+        st.info("no prompt of the run has these labels; type a prompt")
+        return ""
+    return match
+
+
 def ablate_page() -> None:
     if not need("sae"):
         return
@@ -320,17 +355,7 @@ def ablate_page() -> None:
     if sae is None:
         return
     scores = load_scores_or_error()
-    mc = is_minicanvas(model)
-    if mc:
-        from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES, style_prompt
-
-        c1, c2, c3 = st.columns(3)
-        style = c1.selectbox("Style", STYLE_NAMES, key="ab_style")
-        obj = c2.selectbox("Object", OBJECTS, key="ab_object")
-        custom = c3.text_input("or a free prompt", "", key="ab_prompt")
-        prompt = custom.strip() or style_prompt(obj, style)
-    else:
-        prompt = st.text_input("Prompt", store.prompts[0]["prompt"] if store and store.prompts else "", key="ab_prompt").strip()
+    prompt = pick_prompt(store.concept_set if store else None)
     c1, c2, c3 = st.columns(3)
     seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="ab_seed")
     steps = c2.number_input("Sampler steps", 1, 200, 25, key="ab_steps")

@@ -321,14 +321,22 @@ def run_dir_from_argv(argv: list[str] | None = None) -> str:
 
 
 def _cmd_app(args) -> int:
+    from .cli_args import device_from_args
+    from .devices import dtype_name
+
     if not APP_FILE.exists():
         raise UserError(f"the app file {str(APP_FILE)!r} is missing (is saeuron installed from a checkout?)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.port", str(args.port)]
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port (1-65535)")
+    device, dtype = device_from_args(args)  # checked here: the app reads them from the environment
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.port", str(args.port),
+           "--server.address", args.address, "--browser.gatherUsageStats", str(bool(args.usage_stats)).lower()]
     if args.headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--", str(Path(args.run_dir).resolve())]
+    env = {**os.environ, "SAEURON_DEVICE": str(device), "SAEURON_DTYPE": dtype_name(dtype)}
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
 
@@ -336,10 +344,16 @@ def _cmd_app(args) -> int:
 def register_cli(sub) -> None:
     """Add `saeuron app [RUN_DIR]`."""
     from .cli import command_help
+    from .cli_args import add_device_args
 
     p = sub.add_parser("app", help=command_help("app"))
     p.add_argument("run_dir", nargs="?", default=os.environ.get("SAEURON_RUN", DEFAULT_RUN),
                    help=f"run directory (default $SAEURON_RUN or {DEFAULT_RUN})")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 lets anyone who reaches the "
+                        "machine browse the run and make it generate; prefer an SSH tunnel (see the README)")
+    p.add_argument("--usage-stats", action="store_true", help="let Streamlit send its usage statistics (off by default)")
     p.add_argument("--headless", action="store_true", help="do not open a browser")
+    add_device_args(p)
     p.set_defaults(func=_cmd_app)

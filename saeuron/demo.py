@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_args import parse_seeds
+from .cli_args import device_from_args, parse_seeds
+from .devices import dtype_name
+from .errors import UserError
 from .pipelines import SamplerConfig, load_pipeline, resolve_sampler
 
 # SAeUron hooks up_blocks.1.attentions.2 for styles and up_blocks.1.attentions.1 for objects on
@@ -56,37 +58,43 @@ def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None,
     (each stage skipped when its output exists)."""
     from .cache import CacheConfig, cache_activations, open_store
     from .concepts import score_cache
-    from .minicanvas.world import all_prompts
+    from .concept_set import ConceptSet
     from .sae import load_sae
     from .train import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(config.__dict__, indent=1))
     pipe = pipe or load_pipeline()
+    device, dtype = pipe.unet.device, pipe.unet.dtype  # the SAEs train and score where the pipeline runs
     sampler = resolve_sampler(pipe, SamplerConfig())
     store = out / "cache.h5"
     cache_cfg = CacheConfig(hookpoints=tuple(sorted(hookpoints)), seeds=config.cache_seeds, steps=sampler.steps, cfg=sampler.cfg)
     if not (store.exists() and open_store(store).complete):
         print("[1/4] caching activations")
-        cache_activations(pipe, all_prompts(), store, cache_cfg, resume=store.exists())
+        cache_activations(pipe, ConceptSet.minicanvas(), store, cache_cfg, resume=store.exists())
     for hookpoint in hookpoints:
         sae_dir = out / "saes" / hookpoint
         if not (sae_dir / "metrics.json").exists():
             print(f"[2/4] training the SAE of {hookpoint}")
-            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens, **MINICANVAS_SAE),
-                  resume=sae_dir.exists())
+            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens, **MINICANVAS_SAE,
+                              device=str(device), dtype=dtype_name(dtype)), resume=sae_dir.exists())
         if not (sae_dir / "concepts.h5").exists():
             print(f"[3/4] scoring concepts on {hookpoint}")
-            sae = load_sae(sae_dir, hookpoint=hookpoint).eval()
+            sae = load_sae(sae_dir, hookpoint=hookpoint, device=device, dtype=dtype).eval()
             score_cache(store, hookpoint, sae).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": hookpoint})
     return out
 
 
-def run_demo(out: Path, config: DemoConfig = DemoConfig()) -> dict:
-    """Run every stage into the run directory `out`; returns the evaluation results."""
+def run_demo(out: Path, config: DemoConfig = DemoConfig(), device=None, dtype="float32") -> dict:
+    """Run every stage into the run directory `out` on `device` (None: auto) in `dtype`; returns the evaluation results."""
+    from .concept_set import ConceptSet
     from .evaluate import full_answer_set, generate_answer_set, markdown_report, run_evaluation
 
-    pipe = load_pipeline()
+    world = ConceptSet.minicanvas()
+    for target, kind in ((config.style_target, "style"), (config.object_target, "object")):
+        if world.check(target).kind != kind:  # before anything is written
+            raise UserError(f"the demo erases a {kind} there, not {target!r}; valid: {', '.join(world.concepts(kind))}")
+    pipe = load_pipeline(dtype=dtype, device=device)
     sampler = resolve_sampler(pipe, SamplerConfig())
     build_run(out, config, pipe)
     print("[4/4] unlearning and evaluating")
@@ -111,7 +119,8 @@ def _cmd_demo(args) -> None:
 
     config = DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds)),
                         style_target=args.style, object_target=args.object)
-    results = run_demo(Path(args.out), config)
+    device, dtype = device_from_args(args)
+    results = run_demo(Path(args.out), config, device, dtype)
     print(markdown_report(results))
     print(f"run directory: {args.out} (report in {Path(args.out) / 'report'})")
 
@@ -119,6 +128,7 @@ def _cmd_demo(args) -> None:
 def register_cli(sub) -> None:
     """Add `demo`."""
     from .cli import command_help
+    from .cli_args import add_device_args
 
     d = DemoConfig()
     p = sub.add_parser("demo", help=command_help("demo"))
@@ -127,4 +137,5 @@ def register_cli(sub) -> None:
     p.add_argument("--eval-seeds", default=",".join(map(str, d.eval_seeds)))
     p.add_argument("--style", default=d.style_target, help=f"style to erase (default {d.style_target})")
     p.add_argument("--object", default=d.object_target, help=f"object to erase (default {d.object_target})")
+    add_device_args(p)
     p.set_defaults(func=_cmd_demo)

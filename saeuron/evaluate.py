@@ -1,4 +1,9 @@
-"""Measure generations on minicanvas with the shipped classifier: accuracies, PNG grids, reports."""
+"""Measure unlearning the way UnlearnCanvas does (UA / IRA / CRA, fidelity) with a judge, and write reports.
+
+The answer set is labelled prompts x seeds: on minicanvas the world's grid (every style x
+object), on any other model the labelled prompts of a store or a prompt file. A judge
+(`saeuron.judges`: the minicanvas classifier or zero-shot CLIP) labels every image per kind.
+"""
 
 from __future__ import annotations
 
@@ -10,87 +15,116 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .concept_set import Concept, ConceptSet
+from .errors import UserError
 from .pipelines import SamplerConfig, sample, to_uint8
+
+
+def minicanvas_grid(styles: Sequence[str] | None = None, objects: Sequence[str] | None = None) -> ConceptSet:
+    """The UnlearnCanvas grid on minicanvas: every style x object prompt, style-major."""
+    from .minicanvas.world import OBJECTS, STYLE_NAMES, style_prompt
+
+    styles, objects = styles or STYLE_NAMES, objects or OBJECTS
+    rows = [{"prompt": style_prompt(o, s), "style": s, "object": o} for s in styles for o in objects]
+    return ConceptSet.from_rows(rows, "minicanvas grid", kinds=("style", "object"))
 
 
 @dataclass(frozen=True)
 class AnswerSet:
-    """The UnlearnCanvas answer set on minicanvas: every style x object, each with these seeds."""
+    """The images an evaluation judges: every labelled prompt with every seed (or the `only` subset)."""
 
-    styles: tuple[str, ...]
-    objects: tuple[str, ...]
+    concept_set: ConceptSet
     seeds: tuple[int, ...]
-    only: tuple[tuple[str, str, int], ...] | None = None  # a subset of the rows (see tuning_answer_set)
+    only: tuple[tuple[int, int], ...] | None = None  # (prompt index, seed) pairs (see tuning_answer_set)
 
-    def rows(self) -> list[tuple[str, str, int]]:
-        """(style, object, seed) for every image, style-major."""
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.concept_set.kinds
+
+    def rows(self) -> list[tuple[int, int]]:
+        """(prompt index, seed) of every image, prompt-major."""
         if self.only is not None:
             return list(self.only)
-        return [(s, o, k) for s in self.styles for o in self.objects for k in self.seeds]
+        return [(i, k) for i in range(len(self.concept_set.rows)) for k in self.seeds]
 
     def prompts(self) -> list[str]:
         """The prompt of every image."""
-        from .minicanvas.world import style_prompt
+        return [self.concept_set.rows[i]["prompt"] for i, _ in self.rows()]
 
-        return [style_prompt(o, s) for s, o, _ in self.rows()]
+    def image_seeds(self) -> list[int]:
+        """The seed of every image."""
+        return [k for _, k in self.rows()]
+
+    def truth(self) -> list[dict]:
+        """The labels of every image's prompt ({kind: value, '' when unlabelled})."""
+        return [self.concept_set.rows[i] for i, _ in self.rows()]
 
 
-def full_answer_set(seeds: Sequence[int]) -> AnswerSet:
-    """Every style x object of the world with these seeds."""
-    from .minicanvas.world import OBJECTS, STYLE_NAMES
-
-    return AnswerSet(STYLE_NAMES, OBJECTS, tuple(int(s) for s in seeds))
+def full_answer_set(seeds: Sequence[int], concept_set: ConceptSet | None = None) -> AnswerSet:
+    """Every labelled prompt (default: the minicanvas grid) with these seeds."""
+    return AnswerSet(concept_set if concept_set is not None else minicanvas_grid(), tuple(int(s) for s in seeds))
 
 
-def tuning_answer_set(target: str, seeds: Sequence[int], retain_per_concept: int | None = 2) -> AnswerSet:
+def one_value_kinds(concept_set: ConceptSet) -> set[str]:
+    """Kinds with a single value (`nudity:yes`): their images without it are judged as 'none of it'."""
+    return {k for k in concept_set.kinds if len(concept_set.values(k)) == 1}
+
+
+def tuning_answer_set(target: str, seeds: Sequence[int], retain_per_concept: int | None = 2, concept_set: ConceptSet | None = None) -> AnswerSet:
     """The images a target's hyperparameters are tuned on: every image of the target, and
     `retain_per_concept` images of each other concept of its kind (None: the full answer set).
 
     UA and IRA (the tuning objective) come out as on the full set, from about a third of the
-    images; the retained images rotate over the other kind's concepts and the seeds.
+    images; the retained images rotate over the other kind's concepts and the seeds. For a
+    kind with one value, the prompts without it count as the one other concept.
     """
-    full = full_answer_set(seeds)
+    full = full_answer_set(seeds, concept_set)
     if retain_per_concept is None:
         return full
-    kind, _, name = target.partition(":")
+    c = Concept.parse(target)
     rows = full.rows()
-    by_concept: dict[str, list[tuple[str, str, int]]] = {}
-    for r in rows:
-        by_concept.setdefault(r[0] if kind == "style" else r[1], []).append(r)
-    if name not in by_concept:
-        raise ValueError(f"the answer set has no image of {target!r}")
-    chosen = list(by_concept[name])
+    lone = c.kind in one_value_kinds(full.concept_set)
+    by_concept: dict[str, list[tuple[int, int]]] = {}
+    for r, truth in zip(rows, full.truth()):
+        if truth.get(c.kind) or lone:
+            by_concept.setdefault(truth.get(c.kind, ""), []).append(r)
+    if c.value not in by_concept:
+        raise UserError(f"the answer set has no image of {target!r}")
+    chosen = list(by_concept[c.value])
     for i, (concept, concept_rows) in enumerate(by_concept.items()):
-        if concept != name:
+        if concept != c.value:
             step = max(1, len(concept_rows) // retain_per_concept)
             chosen += [concept_rows[(i + j * step) % len(concept_rows)] for j in range(min(retain_per_concept, len(concept_rows)))]
     order = {r: n for n, r in enumerate(rows)}
-    return AnswerSet(full.styles, full.objects, full.seeds, tuple(sorted(set(chosen), key=order.__getitem__)))
+    return AnswerSet(full.concept_set, full.seeds, tuple(sorted(set(chosen), key=order.__getitem__)))
 
 
 def generate_answer_set(pipe, answers: AnswerSet, config: SamplerConfig, on_batch=None) -> torch.Tensor:
     """Generate the images of an answer set (N x 3 x H x W in [0, 1])."""
-    rows = answers.rows()
-    return sample(pipe, answers.prompts(), [k for _, _, k in rows], config, on_batch=on_batch)
+    return sample(pipe, answers.prompts(), answers.image_seeds(), config, on_batch=on_batch)
 
 
-def label_accuracy(images: torch.Tensor, answers: AnswerSet) -> dict:
-    """Classifier accuracy (%) per head, overall and per style / per object, with every label."""
-    from .minicanvas.classifier import classify
+def default_judge(concept_set: ConceptSet | None = None):
+    """The minicanvas classifier (the judge of the shipped world)."""
+    from .judges import MinicanvasJudge
 
-    labels = classify(images)
-    rows = answers.rows()
-    style_ok = np.array([lab.style == s for lab, (s, _, _) in zip(labels, rows)])
-    object_ok = np.array([lab.object == o for lab, (_, o, _) in zip(labels, rows)])
-    per_style = {s: 100 * float(np.mean([ok for ok, r in zip(style_ok, rows) if r[0] == s])) for s in answers.styles}
-    per_object = {o: 100 * float(np.mean([ok for ok, r in zip(object_ok, rows) if r[1] == o])) for o in answers.objects}
-    return {
-        "style_accuracy": 100 * float(style_ok.mean()),
-        "object_accuracy": 100 * float(object_ok.mean()),
-        "per_style": per_style,
-        "per_object": per_object,
-        "labels": [vars(lab) for lab in labels],
-    }
+    return MinicanvasJudge()
+
+
+def label_accuracy(images: torch.Tensor, answers: AnswerSet, judge=None) -> dict:
+    """The judge's accuracy (%) per kind, overall (`<kind>_accuracy`) and per value (`per_<kind>`), with every label."""
+    judge = judge or default_judge()
+    labels = judge.label(images)
+    truth = answers.truth()
+    out: dict = {}
+    for kind in answers.kinds:
+        if kind not in judge.kinds:
+            continue
+        ok = [(t[kind], lab[kind] == t[kind]) for lab, t in zip(labels, truth) if t.get(kind)]
+        out[f"{kind}_accuracy"] = 100 * float(np.mean([o for _, o in ok])) if ok else float("nan")
+        out[f"per_{kind}"] = {v: 100 * float(np.mean([o for val, o in ok if val == v])) for v in answers.concept_set.values(kind)}
+    out["labels"] = labels
+    return out
 
 
 def image_grid(images: torch.Tensor, n_cols: int, scale: int = 3, pad: int = 1) -> Image.Image:
@@ -107,11 +141,13 @@ def image_grid(images: torch.Tensor, n_cols: int, scale: int = 3, pad: int = 1) 
 
 
 def answer_set_grid(images: torch.Tensor, answers: AnswerSet, path: Path, seed_index: int = 0) -> Path:
-    """Save a styles (rows) x objects (columns) grid of one seed of an answer set."""
+    """Save one seed of an answer set as a grid: one column per value of its last kind (on minicanvas, styles x objects)."""
     rows = answers.rows()
-    keep = [i for i, (_, _, k) in enumerate(rows) if k == answers.seeds[seed_index]]
+    keep = [i for i, (_, k) in enumerate(rows) if k == answers.seeds[seed_index]]
+    last = answers.kinds[-1] if answers.kinds else None
+    n_cols = len(answers.concept_set.values(last)) if last else 8
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images[keep], n_cols=len(answers.objects)).save(path)
+    image_grid(images[keep], n_cols=max(1, min(n_cols, len(keep)))).save(path)
     return path
 
 
@@ -119,22 +155,29 @@ def answer_set_grid(images: torch.Tensor, answers: AnswerSet, path: Path, seed_i
 
 
 def unlearning_metrics(target: str, answers: AnswerSet, labels: list[dict], erased: Sequence[str] = ()) -> dict:
-    """UA, IRA, CRA (%) of one erased concept from the classifier labels of the answer set.
+    """UA, IRA, CRA (%) of one erased concept from the judge's labels of the answer set.
 
-    UA = 1 - accuracy on images of the target; IRA = accuracy (same head) on images of the
-    other concepts of its kind; CRA = accuracy of the other head on every image. Images of
-    the other concepts in `erased` (erased together with the target) count in neither.
+    UA = 1 - accuracy on images of the target; IRA = accuracy (same kind) on images of the
+    other concepts of its kind (for a kind with one value: on the prompts without it, which
+    the judge must call 'none'); CRA = accuracy on every other kind, averaged over the kinds.
+    Images of the other concepts in `erased` (erased together with the target) count in neither.
     """
-    kind, _, name = target.partition(":")
-    other = "object" if kind == "style" else "style"
-    gone = {c.partition(":")[::2] for c in erased} | {(kind, name)}
-    rows = answers.rows()
-    truth = [{"style": s, "object": o} for s, o, _ in rows]
-    on_target = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if t[kind] == name]
-    in_domain = [lab[kind] == t[kind] for lab, t in zip(labels, truth) if (kind, t[kind]) not in gone]
-    cross = [lab[other] == t[other] for lab, t in zip(labels, truth) if (other, t[other]) not in gone]
+    c = Concept.parse(target)
+    gone = {(x.kind, x.value) for x in map(Concept.parse, erased)} | {(c.kind, c.value)}
+    lone = one_value_kinds(answers.concept_set)
+    truth = answers.truth()
+
+    def accuracy(kind: str, wanted) -> list[bool]:
+        """Right answers of the judge on `kind` over the images whose true value passes `wanted`."""
+        return [lab.get(kind, "") == t.get(kind, "") for lab, t in zip(labels, truth)
+                if (t.get(kind) or kind in lone) and wanted(t.get(kind, ""))]
+
+    on_target = accuracy(c.kind, lambda v: v == c.value)
     if not on_target:
-        raise ValueError(f"the answer set has no image of {target!r}")
+        raise UserError(f"the answer set has no image of {target!r}")
+    in_domain = accuracy(c.kind, lambda v: (c.kind, v) not in gone)
+    cross_kinds = [accuracy(k, lambda v, k=k: (k, v) not in gone) for k in answers.kinds if k != c.kind]
+    cross = [float(np.mean(x)) for x in cross_kinds if x]
     nan = float("nan")
     return {
         "UA": 100 * (1 - float(np.mean(on_target))),
@@ -155,15 +198,17 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels: list[dict], edited_labels: list[dict]) -> dict:
-    """How much of what should be kept changed: Frechet distance on classifier features, share of changed labels."""
-    from .minicanvas.classifier import load_classifier
-
-    model = load_classifier()
-    fa, fb = model.features(base_images).numpy(), model.features(edited_images).numpy()
-    changed = [a["style"] != b["style"] or a["object"] != b["object"] for a, b in zip(base_labels, edited_labels)]
+def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels: list[dict], edited_labels: list[dict], judge=None) -> dict:
+    """How much of what should be kept changed: Frechet distance on the judge's image features (the minicanvas
+    classifier's, or CLIP's image embeddings), share of images with any changed label."""
+    judge = judge or default_judge()
+    features = getattr(judge, "features", None)
+    frechet = float("nan")
+    if features is not None and len(base_images) > 2:
+        frechet = frechet_distance(features(base_images).float().cpu().numpy(), features(edited_images).float().cpu().numpy())
+    changed = [a != b for a, b in zip(base_labels, edited_labels)]
     return {
-        "frechet_classifier_features": frechet_distance(fa, fb) if len(fa) > 2 else float("nan"),
+        "frechet_classifier_features": frechet,
         "changed_label_share": 100 * float(np.mean(changed)),
         "mean_abs_pixel_change": float((base_images - edited_images).abs().mean()),
     }
@@ -179,30 +224,28 @@ TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.
 TIE_BREAK = "highest CRA"
 
 
-def _labels_of(images: torch.Tensor) -> list[dict]:
-    from .minicanvas.classifier import classify
-
-    return [vars(label) for label in classify(images)]
+def _labels_of(images: torch.Tensor, judge) -> list[dict]:
+    return (judge or default_judge()).label(images)
 
 
 def ablated_answer_set(pipe, site, targets: list[str], answers: AnswerSet, config: SamplerConfig, params: dict[str, dict]) -> torch.Tensor:
     """The answer set generated with the targets ablated together (`params[target]`: the target's setting)."""
-    return site.sample(pipe, site.plan(targets, params=params), answers.prompts(), [k for _, _, k in answers.rows()], config)
+    return site.sample(pipe, site.plan(targets, params=params), answers.prompts(), answers.image_seeds(), config)
 
 
 def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerConfig, grid: dict = TUNING_GRID,
-                retain_per_concept: int | None = 2) -> dict:
+                retain_per_concept: int | None = 2, concept_set: ConceptSet | None = None, judge=None) -> dict:
     """SAeUron's per-target search: the setting (percentile x multiplier x dominance) maximising
     (UA + IRA) / 2 on tuning seeds (on `tuning_answer_set`: the target's images and
     `retain_per_concept` of each other concept); among equals the highest CRA, then the first in
     grid order (TIE_BREAK). `tried` lists the metrics of every grid point."""
     import itertools
 
-    answers = tuning_answer_set(target, seeds, retain_per_concept)
+    answers = tuning_answer_set(target, seeds, retain_per_concept, concept_set)
     tried = []
     for values in itertools.product(*(grid.get(k, TUNING_GRID[k]) for k in TUNING_GRID)):
         setting = dict(zip(TUNING_GRID, values))
-        m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, {target: setting})))
+        m = unlearning_metrics(target, answers, _labels_of(ablated_answer_set(pipe, site, [target], answers, config, {target: setting}), judge))
         tried.append({**setting, "objective": (m["UA"] + m["IRA"]) / 2, **m})
     best = max(tried, key=lambda point: (point["objective"], point["CRA"]))  # max keeps the first of equals
     return {**best, "tried": tried}
@@ -210,21 +253,25 @@ def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerCo
 
 def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], config: SamplerConfig, params: dict[str, dict],
                         together: bool = False, progress=None, report_dir: Path | None = None,
-                        base_images: torch.Tensor | None = None, done: dict[str, dict] | None = None) -> dict:
+                        base_images: torch.Tensor | None = None, done: dict[str, dict] | None = None,
+                        concept_set: ConceptSet | None = None, judge=None) -> dict:
     """UA / IRA / CRA per target (and the base model's, as reference), means per kind, and fidelity on kept prompts.
 
     `site` is an `ablate.AblationSite`; `params[target]` holds the target's setting (the keys
     of `ablate.SETTING_DEFAULTS`). `base_images`, if given, are the base model's images of the answer set.
     `done` holds results of targets already evaluated with the same settings (they are
-    not generated again); `progress(group, results)` is called after each group.
+    not generated again); `progress(group, results)` is called after each group. The answer
+    set is `concept_set` x `seeds` (default: the minicanvas grid), labelled by `judge`
+    (default: the minicanvas classifier).
     """
     from .pipelines import resolve_sampler
 
     config = resolve_sampler(pipe, config)
-    answers = full_answer_set(seeds)
+    judge = judge or default_judge()
+    answers = full_answer_set(seeds, concept_set)
     if base_images is None:
         base_images = generate_answer_set(pipe, answers, config)
-    base = label_accuracy(base_images, answers)
+    base = label_accuracy(base_images, answers, judge)
     base_labels = base.pop("labels")
     if report_dir is not None:
         answer_set_grid(base_images, answers, report_dir / "base.png")
@@ -235,24 +282,25 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
             results.update({t: done[t] for t in group})
             continue
         images = ablated_answer_set(pipe, site, group, answers, config, params)
-        labels = _labels_of(images)
+        labels = _labels_of(images, judge)
         if report_dir is not None:
             answer_set_grid(images, answers, report_dir / f"ablated_{'+'.join(group).replace(':', '-')}.png")
-        kept = [i for i, (s, o, _) in enumerate(answers.rows()) if f"style:{s}" not in group and f"object:{o}" not in group]
-        fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept]) if kept else {}
+        kept = [i for i, t in enumerate(answers.truth()) if not set(answers.concept_set.labels(t)) & set(group)]
+        fid = fidelity(base_images[kept], images[kept], [base_labels[i] for i in kept], [labels[i] for i in kept], judge) if kept else {}
         for t in group:
             results[t] = {**unlearning_metrics(t, answers, labels, erased=group), **params[t], "fidelity": fid,
                           "base": unlearning_metrics(t, answers, base_labels, erased=group)}
         if progress is not None:
             progress(group, results)
     mean = {}
-    for kind in ("style", "object"):
-        rows = [m for t, m in results.items() if t.startswith(kind)]
-        if rows:
-            mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
-    return {"targets": results, "mean": mean, "base": {"style_accuracy": base["style_accuracy"], "object_accuracy": base["object_accuracy"]},
+    for kind in dict.fromkeys(Concept.parse(t).kind for t in results):
+        rows = [m for t, m in results.items() if Concept.parse(t).kind == kind]
+        mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
+    return {"targets": results, "mean": mean, "base": {k: v for k, v in base.items() if k.endswith("_accuracy")},
             "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint,
-                       "selection": site.selection, "firing": site.firing}}
+                       "selection": site.selection, "firing": site.firing, "judge": getattr(judge, "name", type(judge).__name__),
+                       "answer_set": {"source": answers.concept_set.name, "prompts": len(answers.concept_set.rows),
+                                      "sha256": answers.concept_set.digest()}}}
 
 
 def markdown_report(results: dict) -> str:
@@ -268,20 +316,32 @@ def markdown_report(results: dict) -> str:
         lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | | | |")
     b = results["base"]
     lines.append("")
-    lines.append(f"Base model: style accuracy {b['style_accuracy']:.1f}%, object accuracy {b['object_accuracy']:.1f}%.")
+    lines.append("Base model: " + ", ".join(f"{k.removesuffix('_accuracy')} accuracy {v:.1f}%" for k, v in b.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
-def parse_target_spec(text: str) -> list[str]:
-    """all-styles | all-objects | style:NAME,object:NAME,..."""
-    from .ablate import parse_targets
-    from .minicanvas.world import OBJECTS, STYLE_NAMES
+def parse_target_spec(text: str, concepts: Sequence[str] | None = None) -> list[str]:
+    """all-KINDs (all-styles, all-objects, all-artists) | KIND:VALUE,KIND:VALUE,... checked against `concepts`
+    (default: the minicanvas world's)."""
+    from .concept_set import parse_concepts
 
-    if text == "all-styles":
-        return [f"style:{s}" for s in STYLE_NAMES]
-    if text == "all-objects":
-        return [f"object:{o}" for o in OBJECTS]
-    return parse_targets(text)
+    if concepts is None:
+        concepts = ConceptSet.minicanvas().concepts()
+    kinds = list(dict.fromkeys(c.split(":", 1)[0] for c in concepts))
+    if text.startswith("all-"):
+        kind = text[len("all-"):]
+        kind = kind if kind in kinds else kind.removesuffix("s")
+        if kind not in kinds:
+            raise UserError(f"bad target {text!r}: no concept kind {kind!r}; valid: {', '.join('all-' + k + 's' for k in kinds)}")
+        return [c for c in concepts if c.startswith(kind + ":")]
+    targets = parse_concepts(text)
+    for t in targets:
+        if t not in concepts:
+            kind = t.split(":", 1)[0]
+            valid = [c.split(":", 1)[1] for c in concepts if c.startswith(kind + ":")]
+            raise UserError(f"bad target {t!r}: " + (f"valid {kind} values are {', '.join(valid)}" if valid else
+                                                      f"no concept kind {kind!r}; valid kinds: {', '.join(kinds)}"))
+    return targets
 
 
 def _grid_record(grid: dict) -> dict:
@@ -290,16 +350,18 @@ def _grid_record(grid: dict) -> dict:
 
 
 # what a tuned.json record written before a setting existed was tuned with
-_RECORD_DEFAULTS = {"selection": "saeuron", "firing": "mean", "grid": _grid_record(TUNING_GRID), "tie_break": "grid order"}
+_RECORD_DEFAULTS = {"selection": "saeuron", "firing": "mean", "grid": _grid_record(TUNING_GRID), "tie_break": "grid order",
+                    "judge": "minicanvas", "answer_set": None}
 
 
-def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid: dict) -> dict:
+def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid: dict, judge, concept_set: ConceptSet | None) -> dict:
     """What tuned values depend on: tuning seeds, sampler, rules, grid searched and the concept scores (by content hash)."""
     import hashlib
 
     digest = hashlib.sha256((site.sae_dir / "concepts.h5").read_bytes()).hexdigest()[:16]
     return {"tune_seeds": sorted(int(s) for s in tune_seeds), "sampler": vars(config), "scores_sha256": digest,
-            "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid), "tie_break": TIE_BREAK}
+            "selection": site.selection, "firing": site.firing, "grid": _grid_record(grid), "tie_break": TIE_BREAK,
+            "judge": judge.name, "answer_set": concept_set.digest() if concept_set is not None else None}
 
 
 # what a value of each grid axis must satisfy, and the error that says so
@@ -329,13 +391,16 @@ def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str
 
 def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_seeds: list[int] | None, config: SamplerConfig,
                    together: bool, out: Path, report_dir: Path | None, pipe=None, base_images: torch.Tensor | None = None,
-                   selection: str = "saeuron", fixed: dict | None = None, grid: dict = TUNING_GRID, firing: str = "mean") -> dict:
+                   selection: str = "saeuron", fixed: dict | None = None, grid: dict = TUNING_GRID, firing: str = "mean",
+                   concept_set: ConceptSet | None = None, judge=None) -> dict:
     """Tune (or reuse tuned values), evaluate, and write results JSON and the report (`base_images`: see evaluate_unlearning).
 
     Stored values are reused only when they were tuned on seeds disjoint from `seeds`, with
     the same sampler and the same concept scores; with `tune_seeds`, stale ones (or ones
     searched over another `grid`) are re-tuned. `fixed` (some keys of `ablate.SETTING_DEFAULTS`;
     None values are ignored) overrides stored values for every target, as SAeUron's fixed style setting.
+    The answer set is `concept_set` x `seeds` (default: the minicanvas grid), labelled by `judge`
+    (default: the minicanvas classifier).
     """
     import json
 
@@ -351,6 +416,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     if tune_seeds and set(tune_seeds) & set(seeds):
         raise UserError(f"tuning seeds {sorted(set(tune_seeds) & set(seeds))} are also evaluation seeds; they must be disjoint")
     pipe = pipe or load_pipeline()
+    judge = judge or default_judge()
     config = resolve_sampler(pipe, config)  # results and tuned values record the CFG scale actually used
     site = load_ablation_site(sae_dir, pipe, selection, firing)
     for t in targets:
@@ -361,14 +427,14 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         shared = sorted(set(site.scores.seeds.tolist()) & set(seeds))
         warnings.warn(f"evaluation seeds {shared} were also used to compute the concept scores; the evaluation images "
                       f"repeat images the features were selected on", stacklevel=2)
-    tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid)
+    tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid, judge, concept_set)
     def recorded(stored: dict) -> dict:  # what a stored record was tuned with, written in today's format
         record = {k: stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}
         return {**record, "grid": _grid_record(record["grid"])}
 
     for t in tqdm(targets, desc="tuning", disable=not tune_seeds):
         if tune_seeds and recorded(tuned.get(t, {})) != current:
-            tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config, grid), **current}
+            tuned[t] = {**tune_target(pipe, site, t, tune_seeds, config, grid, concept_set=concept_set, judge=judge), **current}
             (sae_dir / TUNED_FILE).write_text(json.dumps(tuned, indent=1))
     uses_stored = set(fixed) != set(SETTING_DEFAULTS)  # a fully fixed setting ignores tuned.json
     for t in (t for t in targets if t in tuned and uses_stored):
@@ -384,7 +450,8 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     # finished targets go to a side file as they come, so an interrupted evaluation resumes
     partial_path = out.with_name(out.name + ".partial")
     key = {"seeds": list(seeds), "sampler": vars(config), "together": together, "params": params,
-           "scores_sha256": current["scores_sha256"], "selection": site.selection, "firing": site.firing}
+           "scores_sha256": current["scores_sha256"], "selection": site.selection, "firing": site.firing,
+           "judge": current["judge"], "answer_set": current["answer_set"]}
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
     done = partial.get("targets", {}) if partial.get("key") == json.loads(json.dumps(key)) else {}
     bar = tqdm(total=1 if together else len(targets), desc="evaluating", initial=0 if together else sum(t in done for t in targets))
@@ -396,7 +463,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
         tmp.write_text(json.dumps({"key": key, "targets": results}, indent=1))
         tmp.replace(partial_path)
 
-    results = evaluate_unlearning(pipe, site, targets, seeds, config, params, together, progress=save_progress,
+    results = evaluate_unlearning(pipe, site, targets, seeds, config, params, together, progress=save_progress, concept_set=concept_set, judge=judge,
                                   report_dir=report_dir, base_images=base_images, done=done)
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -407,15 +474,74 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     return results
 
 
-def _cmd_evaluate(args) -> None:
-    from .cli_args import parse_seeds, sampler_from_args
+def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path) -> ConceptSet | None:
+    """The labelled prompts of the answer set: --prompts, else (minicanvas) the world's grid (None), else the labelled
+    prompts of the store the SAE's concept scores came from."""
+    import json
 
-    results = run_evaluation(Path(args.sae), parse_target_spec(args.targets), parse_seeds(args.seeds),
-                             parse_seeds(args.tune_seeds) if args.tune_seeds else None, sampler_from_args(args),
-                             args.together, Path(args.out), Path(args.report) if args.report else None,
+    import h5py
+
+    from .pipelines import MINICANVAS
+
+    if prompts_file:
+        cs = ConceptSet.from_file(prompts_file)
+    elif model == MINICANVAS:
+        return None
+    else:
+        scores = sae_dir / "concepts.h5"
+        try:
+            with h5py.File(scores, "r") as f:
+                store = json.loads(f.attrs.get("config", "{}")).get("cache")
+        except OSError:
+            raise UserError(f"cannot read {str(scores)!r}; run `saeuron score` first, or give the answer set with --prompts FILE") from None
+        if not store or not Path(store).exists():
+            raise UserError(f"the store the scores in {str(scores)!r} came from ({store!r}) is not here; give the answer set with --prompts FILE")
+        from .cache import open_store
+
+        cs = open_store(store).concept_set
+    lone = one_value_kinds(cs)
+    rows = [r for r in cs.rows if cs.labels(r) or lone]  # an unlabelled prompt counts in no metric, unless a kind has one value
+    if not rows:
+        raise UserError(f"{cs.name} has no labelled prompts; the answer set needs prompts with concept labels (.csv / .jsonl)")
+    return ConceptSet(cs.name, cs.kinds, tuple(rows))
+
+
+def _cmd_evaluate(args) -> None:
+    from .ablate import check_rules
+    from .cli_args import device_from_args, parse_seeds, sampler_from_args
+    from .concepts import ConceptScores
+    from .judges import load_judge, parse_templates
+    from .pipelines import MINICANVAS, load_pipeline
+
+    sae_dir = Path(args.sae)
+    scores_path = sae_dir / "concepts.h5"
+    if not scores_path.is_file():
+        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
+    targets = parse_target_spec(args.targets, ConceptScores.load(scores_path).concepts)
+    seeds = parse_seeds(args.seeds)
+    tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
+    grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances)
+    check_rules(args.selection, args.firing)
+    device, dtype = device_from_args(args)
+    concept_set = answer_concept_set(args.model, args.prompts, sae_dir)
+    answers = full_answer_set(seeds, concept_set)
+    for t in targets:
+        if not any(t in answers.concept_set.labels(r) for r in answers.truth()):
+            raise UserError(f"target {t!r} has no prompt in the answer set ({answers.concept_set.name}); give --prompts with prompts of it")
+    judge_spec = args.judge or ("minicanvas" if args.model == MINICANVAS else None)
+    if judge_spec is None:
+        raise UserError("give --judge clip:MODEL (a local CLIP folder or hub id) to label the images of a model other than minicanvas")
+    kinds = {k: answers.concept_set.values(k) for k in answers.kinds}
+    judge = load_judge(judge_spec, kinds, parse_templates(args.judge_template or []), device=device, dtype=None)
+    missing = [k for k in {Concept.parse(t).kind for t in targets} if k not in judge.kinds]
+    if missing:
+        raise UserError(f"the judge {judge_spec!r} labels the kinds {', '.join(judge.kinds)}, not {', '.join(missing)}; use --judge clip:MODEL")
+    pipe = load_pipeline(args.model, dtype, device)
+    results = run_evaluation(sae_dir, targets, seeds, tune_seeds, sampler_from_args(args),
+                             args.together, Path(args.out), Path(args.report) if args.report else None, pipe=pipe,
                              selection=args.selection, firing=args.firing,
                              fixed={"multiplier": args.multiplier, "percentile": args.percentile, "dominance": args.dominance},
-                             grid=parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances))
+                             grid=grid, concept_set=concept_set, judge=judge)
     print(markdown_report(results))
 
 
@@ -428,7 +554,14 @@ def register_cli(sub) -> None:
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
     p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")
-    p.add_argument("--targets", required=True, help="all-styles | all-objects | style:NAME,object:NAME,...")
+    p.add_argument("--targets", required=True, help="all-KINDs (all-styles, all-objects, ...) | KIND:VALUE,KIND:VALUE,... "
+                                                    "(concepts of the SAE's scores)")
+    p.add_argument("--judge", help="who labels the images: minicanvas (the shipped classifier; the default on minicanvas) or "
+                                   "clip:MODEL (zero-shot CLIP from a local folder or hub id, over the concepts of each kind)")
+    p.add_argument("--judge-template", action="append", metavar="KIND=TEMPLATE",
+                   help="CLIP prompt template of a kind, with {value} (repeatable; default 'an image of {value}')")
+    p.add_argument("--prompts", help="labelled prompt file (.csv / .jsonl) of the answer set (default: minicanvas's grid on "
+                                     "minicanvas, else the labelled prompts of the store the scores came from)")
     p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")
     p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
     p.add_argument("--multiplier", type=float, help="fixed multiplier for every target (instead of stored or tuned values)")

@@ -57,6 +57,8 @@ class TrainConfig:
     buffer_rows: int = 262_144  # shuffle buffer of the store reader
     d_in: int | None = None  # filled in from the data
     capture: str = "output"  # the signal the store recorded (block output or output - input); ablation edits the same
+    device: str = "auto"  # where the SAE trains (auto: CUDA when present); a resumed run may move
+    dtype: str = "float32"  # float32, or float16 / bfloat16: sae-lens mixed precision (bfloat16 autocast), weights stay float32
 
     def to_json(self) -> str:
         """The config as indented JSON."""
@@ -158,7 +160,7 @@ def _training_sae_config(cfg: TrainConfig, hook_name: str):
     )
 
     d_in, d_sae = cfg.d_in, cfg.d_in * cfg.expansion
-    common = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu")
+    common = dict(d_in=d_in, d_sae=d_sae, dtype="float32", device=cfg.device)
     if cfg.arch == "topk":
         sae_cfg = TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient, **common)
     elif cfg.arch == "batchtopk":
@@ -181,7 +183,10 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def _resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
-    """Fill in width-dependent defaults and check the values."""
+    """Fill in width-dependent defaults and the device, and check the values."""
+    from .devices import dtype_name, resolve_device, resolve_dtype
+
+    cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)), dtype=dtype_name(resolve_dtype(cfg.dtype)))
     if cfg.arch not in ARCHS:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg.expansion < 1:
@@ -228,7 +233,7 @@ def train(
         checkpoint = _latest_checkpoint(out)
         if checkpoint is not None and (out / CONFIG_FILE).is_file():
             saved = TrainConfig.from_json((out / CONFIG_FILE).read_text())
-            cfg = dataclasses.replace(saved, out=cfg.out, cache=cfg.cache or saved.cache)
+            cfg = dataclasses.replace(saved, out=cfg.out, cache=cfg.cache or saved.cache, device=cfg.device)
     elif out.exists() and ((out / CONFIG_FILE).exists() or (out / CHECKPOINT_DIR).exists() or (out / "cfg.json").exists()):
         raise UserError(f"{str(out)!r} already holds an SAE run; pass --resume to continue it or choose another --out")
 
@@ -290,7 +295,8 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
         lr_scheduler_name="constant",
         lr_warm_up_steps=warmup,
         lr_decay_steps=steps - warmup,
-        device="cpu",
+        device=cfg.device,
+        autocast=cfg.dtype != "float32" and torch.device(cfg.device).type != "mps",
         dead_feature_window=max(1, min(DEAD_AFTER_TOKENS // cfg.batch_size, steps // 5)),
         feature_sampling_window=max(1, min(2000, steps)),
         n_checkpoints=cfg.n_checkpoints,
@@ -336,7 +342,7 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
     wall = elapsed_before + time.time() - t0
 
     sae.save_inference_model(out)
-    saved = SAE.load_from_disk(out)  # score what was written, in its inference form
+    saved = SAE.load_from_disk(out, device=cfg.device)  # score what was written, in its inference form
     metrics = {
         "hookpoint": cfg.hookpoint,
         "arch": cfg.arch,
@@ -408,6 +414,8 @@ def _cli_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         n_checkpoints=args.checkpoints,
         seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
     )
     metrics = train(cfg, resume=args.resume)
     print(
@@ -420,6 +428,7 @@ def _cli_train(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     """Add `saeuron train`."""
     from .cli import command_help
+    from .cli_args import add_device_args
 
     p = subparsers.add_parser("train", help=command_help("train"))
     p.add_argument("--cache", required=True, help="activation store written by `saeuron cache` (file or sharded folder)")
@@ -438,4 +447,5 @@ def register_cli(subparsers) -> None:
     p.add_argument("--checkpoints", type=int, default=10, help="checkpoints during training (default: 10; only the newest is kept)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and the validation rows sampled")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_device_args(p)
     p.set_defaults(func=_cli_train)
