@@ -398,6 +398,9 @@ def _init_from_data(trainer, data: Iterator[torch.Tensor], n_batches: int = 4) -
 
 
 def _cli_train(args: argparse.Namespace) -> int:
+    from .cli_args import device_from_args
+
+    device_from_args(args)  # an unknown or absent device fails before the store is read
     cfg = TrainConfig(
         out=args.out,
         hookpoint=args.hookpoint,

@@ -37,13 +37,32 @@ def test_generate_then_classify(tmp_path, capsys):
     (["generate", "--prompt", "a star", "--model", "/no/such/folder", "--out", "X"], "not found"),
     (["generate", "--prompt", "a star", "--seeds", "one", "--out", "X"], "bad seed 'one'"),
     (["classify", "/no/such/folder"], "not found"),
+    (["generate", "--prompt", "a star", "--device", "tpu", "--out", "X"], "unknown device 'tpu'"),
+    (["generate", "--prompt", "a star", "--device", "cuda:0", "--out", "X"], "CUDA is not available"),
+    (["generate", "--prompt", "a star", "--dtype", "float64", "--out", "X"], "unknown dtype 'float64'"),
+    (["generate", "--prompts", "NOPROMPT.csv", "--out", "X"], "no 'prompt' column"),
+    (["cache", "--prompts", "NOPROMPT.csv", "--hookpoints", "up_blocks.1.attentions.2", "--out", "X"], "no 'prompt' column"),
+    (["train", "--cache", "MISSING.h5", "--hookpoint", "h", "--out", "X", "--device", "cuda"], "CUDA is not available"),
+    (["score", "--cache", "MISSING.h5", "--sae", "X", "--hookpoint", "h", "--dtype", "half"], "unknown dtype 'half'"),
+    (["demo", "--out", "X", "--device", "mps"], "no Apple GPU"),
+    (["demo", "--out", "X", "--style", "style:cubism"], "unknown style 'cubism'"),
+    (["app", "X", "--device", "cuda:3"], "CUDA is not available"),
+    (["concepts", "--store", "MISSING.h5"], "not found"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
+    if "CUDA is not available" in message:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
     (tmp_path / "EMPTY").write_text("\n")
-    argv = [str(tmp_path / a) if a in ("EMPTY", "X") else a for a in argv]
+    (tmp_path / "NOPROMPT.csv").write_text("text,artist\na dog,monet\n")
+    argv = [str(tmp_path / a) if a in ("EMPTY", "X", "NOPROMPT.csv", "MISSING.h5") else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1  # one line (besides progress bars)
+    assert not (tmp_path / "X").exists()  # nothing written
 
 
 def test_help_lists_every_command_without_importing_the_stages():
