@@ -39,6 +39,11 @@ class AblationPlan:
     steps: dict[int, StepAblation] = field(default_factory=dict)
     timesteps: dict[int, int] = field(default_factory=dict)
 
+    def to(self, device) -> "AblationPlan":
+        """The plan with its tensors on `device` (moved once, not at every denoising step)."""
+        moved = {s: StepAblation(a.features.to(device), a.scale.to(device), a.threshold.to(device)) for s, a in self.steps.items()}
+        return AblationPlan(moved, dict(self.timesteps))
+
     def n_features(self) -> int:
         """Total selected (step, feature) pairs."""
         return sum(len(s.features) for s in self.steps.values())
@@ -203,6 +208,7 @@ def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts,
     from .hooks import intervene
     from .pipelines import sample
 
+    plan = plan.to(sae.W_dec.device)
     with torch.no_grad(), intervene(pipe, hookpoint, lambda acts, step, t: ablate_acts(sae, acts, plan.at(step, t)), capture=capture) as hook:
         return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
 

@@ -179,8 +179,8 @@ def feature_stats(cache: str | Path, hookpoint: str, sae, max_rows: int = 60_000
         while j + 1 < len(chosen) and chosen[j + 1] == chosen[j] + 1 and stops[chosen[j + 1]] - starts[chosen[i]] <= block_rows:
             j += 1
         lo, hi = int(starts[chosen[i]]), int(stops[chosen[j]])
-        x = read_rows(cache, hookpoint, lo, hi).to(sae.W_dec.dtype)
-        lat = sae.encode(x).float().clamp_min(0)
+        x = read_rows(cache, hookpoint, lo, hi).to(sae.W_dec.device, sae.W_dec.dtype)
+        lat = sae.encode(x).float().clamp_min(0).cpu()  # summaries for display live on the CPU
         n_rows += len(lat)
         fires += (lat > 0).sum(0).double()
         sums += lat.sum(0).double()
@@ -212,7 +212,8 @@ def spatial_map(cache: str | Path, hookpoint: str, sae, start: int, stop: int, f
     """The feature's activation at each cached position of one image-step, as a square map (side x side)."""
     from .cache import read_rows, row_provenance
 
-    lat = sae.encode(read_rows(cache, hookpoint, start, stop).to(sae.W_dec.dtype))[:, feature].float().clamp_min(0).numpy()
+    x = read_rows(cache, hookpoint, start, stop).to(sae.W_dec.device, sae.W_dec.dtype)
+    lat = sae.encode(x)[:, feature].float().clamp_min(0).cpu().numpy()
     pos = row_provenance(cache, hookpoint, slice(start, stop))["position"]
     n = int(pos.max()) + 1 if len(pos) else 1
     side = int(np.ceil(np.sqrt(n)))
@@ -287,7 +288,7 @@ def sample_steered(pipe, sae, hookpoint: str, feature: int, value: float, mode: 
     from .hooks import intervene
     from .pipelines import sample
 
-    steer_acts(sae, torch.zeros(1, 1, sae.W_dec.shape[1]), feature, value, mode)  # validates feature and mode
+    steer_acts(sae, torch.zeros(1, 1, sae.W_dec.shape[1], device=sae.W_dec.device, dtype=sae.W_dec.dtype), feature, value, mode)  # validates feature and mode
     lo, hi = step_window or (0, config.steps)
 
     def fn(acts, step, _t):

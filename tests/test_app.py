@@ -292,8 +292,17 @@ def test_cmd_app_runs_streamlit(monkeypatch, tmp_path):
     import saeuron.app as app
 
     calls = []
-    monkeypatch.setattr(app.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    assert app._cmd_app(argparse.Namespace(run_dir=str(tmp_path), port=8765, headless=True)) == 0
-    cmd = calls[0]
+    monkeypatch.setattr(app.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    args = dict(run_dir=str(tmp_path), port=8765, headless=True, address="127.0.0.1", usage_stats=False, device="cpu", dtype="bfloat16")
+    assert app._cmd_app(argparse.Namespace(**args)) == 0
+    cmd, env = calls[0]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == APP
     assert cmd[-2:] == ["--", str(tmp_path.resolve())] and "8765" in cmd and "--server.headless" in cmd
+    # local by default, no usage statistics; the device and precision reach the app through its environment
+    flags = dict(zip(cmd[5:-2:2], cmd[6:-2:2]))
+    assert flags["--server.address"] == "127.0.0.1" and flags["--browser.gatherUsageStats"] == "false"
+    assert env["SAEURON_DEVICE"] == "cpu" and env["SAEURON_DTYPE"] == "bfloat16"
+    from saeuron.errors import UserError
+
+    with pytest.raises(UserError, match="not a TCP port"):
+        app._cmd_app(argparse.Namespace(**{**args, "port": 0}))
