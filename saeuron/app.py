@@ -345,12 +345,12 @@ def _cmd_app(args) -> int:
 def register_cli(sub) -> None:
     """Add `saeuron app [RUN_DIR]`."""
     from .cli import command_help
-    from .cli_args import add_device_args
+    from .cli_args import add_device_args, bounded
 
     p = sub.add_parser("app", help=command_help("app"))
     p.add_argument("run_dir", nargs="?", default=os.environ.get("SAEURON_RUN", DEFAULT_RUN),
                    help=f"run directory (default $SAEURON_RUN or {DEFAULT_RUN})")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=bounded(int, 1, 65535), default=8501)
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 lets anyone who reaches the "
                         "machine browse the run and make it generate; prefer an SSH tunnel (see the README)")

@@ -34,9 +34,16 @@ def command_help(name: str) -> str:
     return COMMANDS[name][1]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `saeuron CMD: error: ...`, with exit status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser: the full subcommand of `command` (importing its stage), the others as names only."""
-    parser = argparse.ArgumentParser(prog="saeuron", description="SAEs for interpretability and concept unlearning in diffusion models.")
+    parser = OneLineParser(prog="saeuron", description="SAEs for interpretability and concept unlearning in diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if command in COMMANDS:
         importlib.import_module(COMMANDS[command][0]).register_cli(sub)
@@ -50,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad option (2, one line already printed)
+        return int(done.code or 0)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

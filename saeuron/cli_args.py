@@ -15,6 +15,39 @@ from .pipelines import MINICANVAS, SamplerConfig
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
+def bounded(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: an int or a finite float within [lo, hi] (open ends where asked), else one clear error."""
+    import argparse
+    import math
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        low_ok = lo is None or (value > lo if lo_open else value >= lo)
+        high_ok = hi is None or (value < hi if hi_open else value <= hi)
+        if not (low_ok and high_ok):
+            show = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")
+            left = "" if lo is None else f"{'>' if lo_open else '>='} {show(lo)}"
+            right = "" if hi is None else f"{'<' if hi_open else '<='} {show(hi)}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {' and '.join(x for x in (left, right) if x)}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+POSITIVE_INT = bounded(int, 1, 2**31 - 1)
+SEED = bounded(int, 0, MAX_SEED)
+GUIDANCE = bounded(float, 0, 100)
+MULTIPLIER = bounded(float, hi=0, hi_open=True)
+PERCENTILE = bounded(float, 0, 100, lo_open=True, hi_open=True)
+DOMINANCE = bounded(float, 0)
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0,1,5' or '0-3' (inclusive) or a mix: '0-2,7'."""
     seeds: list[int] = []
@@ -37,10 +70,10 @@ def add_sampler_args(p) -> None:
     """--model, --steps, --cfg, --batch-size, --device, --dtype."""
     d = SamplerConfig()
     p.add_argument("--model", default=MINICANVAS, help="minicanvas (default), a diffusers folder or a hub id")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's; minicanvas stores its "
+    p.add_argument("--steps", type=bounded(int, 1, 1000), default=d.steps, help=f"DDIM steps (default {d.steps})")
+    p.add_argument("--cfg", type=GUIDANCE, default=None, help="classifier-free guidance scale (default: the model's; minicanvas stores its "
                    "own, Stable Diffusion 7.5)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size)
     add_device_args(p)
 
 

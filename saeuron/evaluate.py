@@ -550,7 +550,7 @@ def register_cli(sub) -> None:
     from .cli import command_help
 
     from .ablate import add_rule_args
-    from .cli_args import add_sampler_args
+    from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
     p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")
@@ -564,11 +564,11 @@ def register_cli(sub) -> None:
                                      "minicanvas, else the labelled prompts of the store the scores came from)")
     p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")
     p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
-    p.add_argument("--multiplier", type=float, help="fixed multiplier for every target (instead of stored or tuned values)")
-    p.add_argument("--percentile", type=float, help="fixed selection percentile for every target")
+    p.add_argument("--multiplier", type=MULTIPLIER, help="fixed multiplier for every target (instead of stored or tuned values)")
+    p.add_argument("--percentile", type=PERCENTILE, help="fixed selection percentile for every target")
     p.add_argument("--tune-percentiles", help=f"percentiles to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['percentile']))})")
     p.add_argument("--tune-multipliers", help=f"multipliers to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['multiplier']))})")
-    p.add_argument("--dominance", type=float, help="fixed minimum dominance for every target: keep only features the target fires at "
+    p.add_argument("--dominance", type=DOMINANCE, help="fixed minimum dominance for every target: keep only features the target fires at "
                                                    "least this many times as strongly as any other concept (0: no filter, SAeUron)")
     p.add_argument("--tune-dominances", help="minimum dominances to search with --tune-seeds (default 0: SAeUron's selection alone)")
     p.add_argument("--together", action="store_true", help="erase all targets at once")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli_args import PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
+from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
 from .concept_set import parse_concepts
 from .errors import UserError
 from .pipelines import SamplerConfig, load_pipeline, sample, to_uint8
@@ -142,9 +142,9 @@ def register_cli(sub) -> None:
     add_sampler_args(p)
     p.add_argument("--sae", help="SAE folder (with concepts.h5) for --ablate")
     p.add_argument("--ablate", help="concepts to erase, KIND:VALUE[,KIND:VALUE...] (any concept of the SAE's scores, e.g. style:neon,object:star)")
-    p.add_argument("--multiplier", type=float, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
-    p.add_argument("--percentile", type=float, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
-    p.add_argument("--dominance", type=float, help="keep only features each target fires at least this many times as strongly "
+    p.add_argument("--multiplier", type=MULTIPLIER, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")
+    p.add_argument("--percentile", type=PERCENTILE, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
+    p.add_argument("--dominance", type=DOMINANCE, help="keep only features each target fires at least this many times as strongly "
                                                    "as any other concept (default: the tuned value of each target, else 0: no filter)")
     add_rule_args(p)
     p.set_defaults(func=_cmd_generate)

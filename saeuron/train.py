@@ -431,24 +431,24 @@ def _cli_train(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     """Add `saeuron train`."""
     from .cli import command_help
-    from .cli_args import add_device_args
+    from .cli_args import POSITIVE_INT, SEED, add_device_args, bounded
 
     p = subparsers.add_parser("train", help=command_help("train"))
     p.add_argument("--cache", required=True, help="activation store written by `saeuron cache` (file or sharded folder)")
     p.add_argument("--hookpoint", required=True, help="hookpoint whose activations to train on")
     p.add_argument("--out", required=True, help="output folder (sae-lens format + train_config.json + metrics.json)")
     p.add_argument("--arch", default="batchtopk", choices=ARCHS, help="SAE architecture (default: batchtopk)")
-    p.add_argument("--k", type=int, default=None, help="active latents per token (default: width/40, between 4 and width/8)")
-    p.add_argument("--expansion", type=int, default=16, help="latents per input dimension (default: 16)")
-    p.add_argument("--lr", type=float, default=4e-4, help="Adam learning rate, decayed linearly to 0 (default: 4e-4)")
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
-    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: one pass over the training rows)")
-    p.add_argument("--timesteps", type=int, nargs="+", default=None, help="train only on rows of these timesteps")
-    p.add_argument("--aux-loss-coefficient", type=float, default=1 / 32, help="AuxK loss weight for topk/batchtopk (default: 1/32)")
-    p.add_argument("--sparsity-coefficient", type=float, default=1.0, help="l1 (standard) or l0 (jumprelu) loss weight")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of prompts held out for validation (default: 0.1)")
-    p.add_argument("--checkpoints", type=int, default=10, help="checkpoints during training (default: 10; only the newest is kept)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and the validation rows sampled")
+    p.add_argument("--k", type=POSITIVE_INT, default=None, help="active latents per token (default: width/40, between 4 and width/8)")
+    p.add_argument("--expansion", type=bounded(int, 1, 1024), default=16, help="latents per input dimension (default: 16)")
+    p.add_argument("--lr", type=bounded(float, 0, 10, lo_open=True), default=4e-4, help="Adam learning rate, decayed linearly to 0 (default: 4e-4)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4096, help="tokens per batch (default: 4096)")
+    p.add_argument("--tokens", type=bounded(int, 1, 2**62), default=None, help="training tokens (default: one pass over the training rows)")
+    p.add_argument("--timesteps", type=bounded(int, 0, 10_000), nargs="+", default=None, help="train only on rows of these timesteps")
+    p.add_argument("--aux-loss-coefficient", type=bounded(float, 0), default=1 / 32, help="AuxK loss weight for topk/batchtopk (default: 1/32)")
+    p.add_argument("--sparsity-coefficient", type=bounded(float, 0), default=1.0, help="l1 (standard) or l0 (jumprelu) loss weight")
+    p.add_argument("--val-fraction", type=bounded(float, 0, 1, lo_open=True, hi_open=True), default=0.1, help="fraction of prompts held out for validation (default: 0.1)")
+    p.add_argument("--checkpoints", type=bounded(int, 0, 10_000), default=10, help="checkpoints during training (default: 10; only the newest is kept)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the initial weights, the data order and the validation rows sampled")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     add_device_args(p)
     p.set_defaults(func=_cli_train)

@@ -175,7 +175,7 @@ def register_cli(sub) -> None:
     """Add `cache`."""
     from ..cli import command_help
 
-    from ..cli_args import PROMPTS_HELP, add_sampler_args
+    from ..cli_args import PROMPTS_HELP, SEED, add_sampler_args, bounded
 
     p = sub.add_parser("cache", help=command_help("cache"))
     p.add_argument("--hookpoints", required=True, help="comma-separated module paths, e.g. up_blocks.1.attentions.1 (see `saeuron hookpoints`)")
@@ -189,8 +189,8 @@ def register_cli(sub) -> None:
     p.add_argument("--capture", default="output", choices=CAPTURE_CHOICES, help="block output, or residual = output - input")
     p.add_argument("--timesteps", default="all", help="steps to keep: all, every:K or step indices 0,10,20")
     p.add_argument("--positions", default="all", help="spatial positions to keep: all or random:K per image and step")
-    p.add_argument("--position-seed", type=int, default=0, help="seed of the random:K position choice (default 0)")
+    p.add_argument("--position-seed", type=SEED, default=0, help="seed of the random:K position choice (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same options")
-    p.add_argument("--commit-mb", type=float, default=COMMIT_MB, help=f"commit finished batches to disk in writes of about this many MiB, or once a minute (default {COMMIT_MB}; 0 = after every batch)")
+    p.add_argument("--commit-mb", type=bounded(float, 0, 1 << 20), default=COMMIT_MB, help=f"commit finished batches to disk in writes of about this many MiB, or once a minute (default {COMMIT_MB}; 0 = after every batch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_cache)
