@@ -29,6 +29,8 @@ CHECKPOINT_DIR = "checkpoints"
 RUN_STATE_FILE = "saeuron_state.json"  # beside each sae-lens checkpoint: wall time and data seed
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
+INIT_BATCHES = 4  # batches that set the input scale and b_dec before the first step
+RNG_FILE = "rng_state.pt"
 # SAeUron: a latent is dead after 10M tokens without firing (AuxK revives it)
 DEAD_AFTER_TOKENS = 10_000_000
 
@@ -238,7 +240,8 @@ def train(
         raise UserError(f"{str(out)!r} already holds an SAE run; pass --resume to continue it or choose another --out")
 
     run_state = json.loads((checkpoint / RUN_STATE_FILE).read_text()) if checkpoint is not None else {}
-    data_seed = run_state["data_seed"] + 1 if run_state else cfg.seed  # a resumed run draws a fresh order: the stream is not replayed
+    exact = "batches_drawn" in run_state  # checkpoints before exact resume: a fresh data order
+    data_seed = run_state["data_seed"] + 1 if run_state and not exact else cfg.seed
     with contextlib.ExitStack() as stack:
         if data is None:
             cfg, data, val_acts, split = _from_store(cfg, data_seed)
@@ -248,6 +251,8 @@ def train(
                 raise ValueError("in-memory training needs val_acts and cfg.tokens")
             cfg = _resolve(cfg, int(val_acts.shape[1]))
             split = {}
+        for _ in range(run_state.get("batches_drawn", 0)):  # replay the stream up to where the checkpoint left it
+            next(data)
         return _fit(cfg, out, checkpoint, data, data_seed, run_state.get("elapsed_s", 0.0), val_acts, split)
 
 
@@ -318,7 +323,9 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
     def after_checkpoint(checkpoint_path: Path | None) -> None:
         if checkpoint_path is None:
             return
-        _write_json(Path(checkpoint_path) / RUN_STATE_FILE, {"elapsed_s": elapsed_before + time.time() - t0, "data_seed": data_seed})
+        torch.save(_rng_states(), Path(checkpoint_path) / RNG_FILE)
+        _write_json(Path(checkpoint_path) / RUN_STATE_FILE, {"elapsed_s": elapsed_before + time.time() - t0, "data_seed": data_seed,
+                                                             "batches_drawn": INIT_BATCHES + trainer.n_training_samples // cfg.batch_size})
         for old in (out / CHECKPOINT_DIR).iterdir():  # keep only the newest: each holds weights and Adam state
             if old.is_dir() and old.name != Path(checkpoint_path).name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -326,10 +333,14 @@ def _fit(cfg: TrainConfig, out: Path, checkpoint: Path | None, data, data_seed: 
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data, save_checkpoint_fn=after_checkpoint)
     if checkpoint is not None:
         trainer.load_trainer_state(checkpoint)
+        # sae-lens saves a mid-run checkpoint before counting its step: every step draws one full batch
+        trainer.n_training_steps = trainer.n_training_samples // cfg.batch_size
+        if (checkpoint / RNG_FILE).is_file():
+            _restore_rng_states(torch.load(checkpoint / RNG_FILE, weights_only=False))
         # sae-lens counts checkpoint thresholds from 0; drop those already passed
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
     else:
-        _init_from_data(trainer, data)
+        _init_from_data(trainer, data, INIT_BATCHES)
 
     try:
         trainer.fit()
@@ -382,8 +393,19 @@ def _calibrate_batchtopk_threshold(sae, data: Iterator[torch.Tensor], n_batches:
         sae.topk_threshold = torch.stack(mins).mean().to(sae.topk_threshold.device)
 
 
+def _rng_states() -> dict:
+    """Every random state a training step may draw from (saved with each checkpoint)."""
+    return {"torch": torch.random.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _restore_rng_states(states: dict) -> None:
+    torch.random.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 @torch.no_grad()
-def _init_from_data(trainer, data: Iterator[torch.Tensor], n_batches: int = 4) -> None:
+def _init_from_data(trainer, data: Iterator[torch.Tensor], n_batches: int = INIT_BATCHES) -> None:
     """Scale inputs to mean norm sqrt(d_in) and start b_dec at their mean (SAeUron), from a few batches."""
     batches = [next(data).float() for _ in range(n_batches)]
     x = torch.cat(batches)

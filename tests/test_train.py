@@ -193,7 +193,10 @@ def test_same_seed_same_data_gives_the_same_sae(tmp_path, data):
     assert not torch.equal(weights[0]["W_enc"], weights[2]["W_enc"])
 
 
-def test_resume_continues_an_interrupted_run(tmp_path, data):
+def test_resume_continues_an_interrupted_run_exactly(tmp_path, data):
+    """Interrupted at a step and resumed, training gives bit-identical weights to an uninterrupted run with the same seed."""
+    from safetensors.torch import load_file
+
     x, val = data
     cfg = small_cfg(tmp_path / "run", tokens=256 * 120, n_checkpoints=4)
     with pytest.raises(KeyboardInterrupt):
@@ -202,12 +205,16 @@ def test_resume_continues_an_interrupted_run(tmp_path, data):
     assert [int(p.name) for p in ckpts] == [256 * 80]  # only the newest checkpoint is kept
     with pytest.raises(UserError, match="--resume"):
         train(cfg, data=tensor_batches(x, 256), val_acts=val)
-    counted = Interrupting(tensor_batches(x, 256, seed=5), 10**6)
+    counted = Interrupting(tensor_batches(x, 256), 10**6)  # the same stream from its start: resume replays it to the checkpoint
     metrics = train(cfg, resume=True, data=counted, val_acts=val)
-    assert 10**6 - counted.n == 40  # only the remaining steps ran, without re-initialising
+    assert 10**6 - counted.n == 4 + 120  # the 84 batches the checkpoint had drawn were skipped, then the 40 remaining steps ran
     assert metrics["tokens_seen"] == 256 * 120 and metrics["steps"] == 120
-    assert metrics["val_fvu"] < 0.3
     assert train(cfg, resume=True, data=counted, val_acts=val) == metrics  # already complete
+    whole = small_cfg(tmp_path / "whole", tokens=256 * 120, n_checkpoints=4)
+    reference = train(whole, data=tensor_batches(x, 256), val_acts=val)
+    a, b = load_file(tmp_path / "run" / "sae_weights.safetensors"), load_file(tmp_path / "whole" / "sae_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["val_fvu"] == reference["val_fvu"] and metrics["steps"] == reference["steps"]
 
 
 def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400, capture: str = "output") -> None:
@@ -296,3 +303,49 @@ def test_trained_on_a_real_cache_store(tiny_run):
     assert metrics["d_in"] == width and metrics["val_prompts"] >= 1 and metrics["train_prompts"] >= 1
     assert abs(metrics["val_l0"] - metrics["k"]) < 0.5 * metrics["k"]  # the calibrated BatchTopK threshold
     load_sae(sae_dir, expected_width=width, hookpoint=TINY_HOOKPOINT)
+
+
+def _train_until_checkpoint(command: list[str], out: Path, after: int, env: dict) -> None:
+    """Run `command` and SIGKILL it once `out` holds a finished checkpoint of more than `after` tokens."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            done = [int(p.name) for p in (out / "checkpoints").glob("*") if p.name.isdigit() and (p / "saeuron_state.json").is_file()]
+            if done and max(done) > after:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    finally:
+        proc.kill()
+
+
+def test_sigkill_at_two_points_then_resume_equals_uninterrupted(tmp_path):
+    """`saeuron train` killed with SIGKILL after a checkpoint, resumed, killed again, resumed: the same SAE as one run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    write_store(tmp_path / "cache.h5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--cache", str(tmp_path / "cache.h5"), "--hookpoint", HOOK, "--arch", "topk", "--k", "4", "--expansion", "4",
+            "--batch-size", "256", "--tokens", str(256 * 3000), "--lr", "4e-3", "--checkpoints", "30"]
+    command = [sys.executable, "-m", "saeuron.cli", "train", *args]
+    killed = tmp_path / "killed"
+    _train_until_checkpoint([*command, "--out", str(killed)], killed, 0, env)
+    first = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    _train_until_checkpoint([*command, "--out", str(killed), "--resume"], killed, first, env)
+    for out in ([str(killed), "--resume"], [str(tmp_path / "whole")]):
+        done = subprocess.run([*command, "--out", *out], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_file(killed / "sae_weights.safetensors"), load_file(tmp_path / "whole" / "sae_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "whole"))
+    assert (ma["steps"], ma["tokens_seen"], ma["val_fvu"]) == (mb["steps"], mb["tokens_seen"], mb["val_fvu"])
