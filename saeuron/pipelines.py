@@ -149,12 +149,14 @@ def _unet_conditions(pipe, prompts: list[str], height: int, width: int) -> dict:
     if family == "minicanvas":
         ids = pipe.tokenizer([""] * n + list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         return {"encoder_hidden_states": pipe.text_encoder(ids.to(device)).last_hidden_state}
+    # negative_prompt=None is the pipelines' own default: "" for SD, zero embeddings for SDXL with force_zeros_for_empty_prompt
     if family == "sd":
-        cond, uncond = pipe.encode_prompt(list(prompts), device, 1, True, negative_prompt=[""] * n)
+        cond, uncond = pipe.encode_prompt(list(prompts), device, 1, True, negative_prompt=None)
         return {"encoder_hidden_states": torch.cat([uncond, cond])}
     cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-        prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=[""] * n
+        prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=None
     )
+    # SDXL's micro-conditioning at the pipeline's defaults: original size = target size = (height, width), no crop
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=cond.dtype, device=device).repeat(2 * n, 1)
     return {
         "encoder_hidden_states": torch.cat([uncond, cond]),
@@ -167,8 +169,9 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
     family = model_family(pipe)
     down = 1 if family == "minicanvas" else pipe.vae_scale_factor
     shape = (pipe.unet.config.in_channels, height // down, width // down)
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(noise).to(pipe.unet.device, pipe.unet.dtype)
+    # drawn on the CPU in the model's dtype, as diffusers' randn_tensor does with a CPU generator: the same noise on any device
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=pipe.unet.dtype) for s in seeds]
+    return torch.stack(noise).to(pipe.unet.device)
 
 
 def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
@@ -176,7 +179,22 @@ def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     if model_family(pipe) == "minicanvas":
         return ((latents.float().clamp(-1, 1) + 1) / 2).cpu()
     vae = pipe.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in float16
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        latents = latents.to(vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if model_family(pipe) == "sdxl" and mean is not None and std is not None:  # per-channel latent statistics, as the SDXL pipeline decodes
+            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        images = vae.decode(latents).sample
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 

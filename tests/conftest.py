@@ -48,6 +48,21 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory) -> Path:
+    from tiny_models import tiny_sd2_pipeline
+
+    return tiny_sd2_pipeline(tmp_path_factory.mktemp("tiny_sd2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_zeros_dir(tmp_path_factory) -> Path:
+    """Tiny SDXL with its own default: zero embeddings for an empty negative prompt."""
+    from tiny_models import tiny_sdxl_pipeline
+
+    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl_zeros"), force_zeros_for_empty_prompt=True)
+
+
 TINY_HOOKPOINT = "up_blocks.1.attentions.2"
 
 

@@ -87,3 +87,24 @@ def test_unreachable_hub_id_is_one_clear_error():
     assert run.returncode == 2
     assert "could not load model 'nobody/no-such-model'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir", "tiny_sdxl_zeros_dir"])
+def test_generation_is_what_the_diffusers_pipeline_gives(request, fixture):
+    """DDIM through saeuron's loop equals the pipeline's own call (its defaults: negative prompt, size, SDXL conditioning),
+    one image at a time and in a batch of prompts x seeds."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    folder = request.getfixturevalue(fixture)
+    reference = DiffusionPipeline.from_pretrained(folder)
+    reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    ours = load_pipeline(folder, device="cpu")
+    pairs = [("a photo of a cat", 0), ("a dog", 3), ("a photo of a cat", 3)]
+    batch = sample(ours, [p for p, _ in pairs], [s for _, s in pairs], SamplerConfig(steps=4, cfg=6.0))
+    for (prompt, seed), image in zip(pairs, batch):
+        expected = reference(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=4, guidance_scale=6.0,
+                             output_type="np").images[0]
+        alone = sample(ours, [prompt], [seed], SamplerConfig(steps=4, cfg=6.0))[0]
+        expected = torch.from_numpy(expected).permute(2, 0, 1)
+        assert (alone - expected).abs().max() < 1e-3 and (image - expected).abs().max() < 1e-3

@@ -56,8 +56,29 @@ def tiny_sd_pipeline(folder: Path):
     return folder
 
 
-def tiny_sdxl_pipeline(folder: Path):
-    """A random-weight StableDiffusionXLPipeline (two text encoders, text_time conditioning), saved to `folder`."""
+def tiny_sd2_pipeline(folder: Path):
+    """A random-weight SD 2.x-style pipeline: v-prediction, linear projections, per-block head sizes, saved to `folder`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+                                attention_head_dim=(2, 4), use_linear_projection=True,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=_text_encoder(len(tok.get_vocab())), tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def tiny_sdxl_pipeline(folder: Path, force_zeros_for_empty_prompt: bool = False):
+    """A random-weight StableDiffusionXLPipeline (two text encoders, text_time conditioning), saved to `folder`.
+
+    force_zeros_for_empty_prompt=True is SDXL's own setting: the unconditional half gets zero embeddings."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -72,6 +93,6 @@ def tiny_sdxl_pipeline(folder: Path):
     v = len(tok.get_vocab())
     pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=_text_encoder(v), text_encoder_2=_text_encoder(v, True),
                                      tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler(),
-                                     force_zeros_for_empty_prompt=False)
+                                     force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
     pipe.save_pretrained(folder)
     return folder
