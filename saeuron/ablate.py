@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .concepts import ConceptScores, select_features
-from .errors import UserError
+from .errors import UserError, read_json
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron
 
     sae_dir = Path(sae_dir)
     cfg_path = sae_dir / "train_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg = read_json(cfg_path, "SAE training config", default={})
     if not cfg.get("hookpoint"):
         raise UserError(f"{str(sae_dir)!r} has no train_config.json naming its hookpoint")
     scores_path = sae_dir / "concepts.h5"
@@ -275,7 +275,7 @@ def load_ablation_site(sae_dir: str | Path, pipe=None, selection: str = "saeuron
     placement = {"device": pipe.unet.device, "dtype": pipe.unet.dtype} if pipe is not None else {}
     sae = load_sae(sae_dir, expected_width=width, hookpoint=cfg["hookpoint"], **placement).eval()
     tuned_path = sae_dir / TUNED_FILE
-    tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+    tuned = read_json(tuned_path, "tuned settings file", default={})
     return AblationSite(sae_dir, cfg["hookpoint"], cfg.get("capture", "output"), sae, ConceptScores.load(scores_path), tuned, selection, firing)
 
 

@@ -6,7 +6,6 @@ and tests call them directly.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 DEFAULT_RUN = "activations/demo"
 APP_FILE = Path(__file__).resolve().parent.parent / "apps" / "explorer.py"
@@ -48,9 +47,8 @@ def _cache_path(run: Path) -> Path | None:
 def _train_config(folder: Path) -> dict:
     """The folder's train_config.json ({} for a foreign SAE without one, or an unreadable file)."""
     try:
-        cfg = json.loads((folder / "train_config.json").read_text())
-        return cfg if isinstance(cfg, dict) else {}
-    except (OSError, json.JSONDecodeError):
+        return read_json(folder / "train_config.json", "SAE training config")
+    except UserError:
         return {}
 
 

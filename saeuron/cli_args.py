@@ -5,7 +5,10 @@ Needs only `pipelines`, `concept_set`, `devices` and `errors`, so every stage ca
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+from typing import Callable
 
 from .concept_set import ConceptSet
 from .devices import DEVICE_FORMS, DTYPES, resolve_device, resolve_dtype
@@ -108,3 +111,41 @@ def concept_set_from_args(args) -> ConceptSet:
 
 PROMPTS_HELP = ("a prompt file: .txt (one prompt per line), or .csv / .jsonl with a 'prompt' column and one column per "
                 "concept kind (e.g. artist, object), each non-empty value a concept")
+
+
+def check_output(path: str | Path, what: str, folder: bool = False, may_replace: Callable[[Path], bool] | None = None) -> Path:
+    """Refuse, before any work, an output that cannot be written or would clobber something.
+
+    `folder`: the output is a folder (an existing one is fine); else a file, which may replace an
+    existing file only where `may_replace(path)` says it is one of ours (a previous result)."""
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise UserError(f"{what} {str(p)!r} is a file; give a folder")
+        if not folder:
+            if p.is_dir():
+                raise UserError(f"{what} {str(p)!r} is a folder; give a file path")
+            if may_replace is None or not may_replace(p):
+                raise UserError(f"{what} {str(p)!r} already exists and is not a saeuron output of this kind; choose another path")
+    anchor = p if p.is_dir() else p.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise UserError(f"cannot write {what} {str(p)!r}: {str(anchor)!r} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {str(p)!r}: {str(anchor)!r} is not writable")
+    return p
+
+
+def is_json_with(*keys: str) -> Callable[[Path], bool]:
+    """A `may_replace` test: the file is JSON holding these keys (a previous saeuron result)."""
+    import json
+
+    def test(path: Path) -> bool:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(data, dict) and all(k in data for k in keys)
+
+    return test

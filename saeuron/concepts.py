@@ -20,7 +20,7 @@ import h5py
 import torch
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 FORMAT = "saeuron-concepts-v1"
 
@@ -245,20 +245,30 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
     return scores
 
 
+def _is_score_file(path: Path) -> bool:
+    """A concept-score file written by `saeuron score` (which a new scoring may replace)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
+
+
 def _cmd_score(args) -> None:
-    from .cli_args import device_from_args
+    from .cli_args import check_output, device_from_args
     from .sae import load_sae
 
     hookpoint = args.hookpoint
     sae_cfg = Path(args.sae) / "train_config.json"
     if hookpoint is None and sae_cfg.exists():
-        hookpoint = json.loads(sae_cfg.read_text()).get("hookpoint")
+        hookpoint = read_json(sae_cfg, "SAE training config").get("hookpoint")
     if hookpoint is None:
         raise UserError("give --hookpoint: the SAE folder does not say which hookpoint it was trained on")
     device, dtype = device_from_args(args)
+    out = Path(args.out) if args.out else Path(args.sae) / "concepts.h5"
+    check_output(out, "concept-score file", may_replace=_is_score_file)
     sae = load_sae(args.sae, hookpoint=hookpoint, device=device, dtype=dtype).eval()
     scores = score_cache(Path(args.cache), hookpoint, sae)
-    out = Path(args.out) if args.out else Path(args.sae) / "concepts.h5"
     scores.save(out, {"cache": str(args.cache), "sae": str(args.sae), "hookpoint": hookpoint})
     print(f"scored {len(scores.concepts)} concepts x {len(scores.timesteps)} steps x {scores.scores.shape[2]} features -> {out}")
 

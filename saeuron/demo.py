@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_args import device_from_args, parse_seeds
+from .cli_args import check_output, device_from_args, parse_seeds
 from .devices import dtype_name
 from .errors import UserError
 from .pipelines import SamplerConfig, load_pipeline, resolve_sampler
@@ -120,6 +120,7 @@ def _cmd_demo(args) -> None:
     config = DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds)),
                         style_target=args.style, object_target=args.object)
     device, dtype = device_from_args(args)
+    check_output(args.out, "run directory", folder=True)
     results = run_demo(Path(args.out), config, device, dtype)
     print(markdown_report(results))
     print(f"run directory: {args.out} (report in {Path(args.out) / 'report'})")

@@ -508,7 +508,7 @@ def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path) -> C
 
 def _cmd_evaluate(args) -> None:
     from .ablate import check_rules
-    from .cli_args import device_from_args, parse_seeds, sampler_from_args
+    from .cli_args import check_output, device_from_args, is_json_with, parse_seeds, sampler_from_args
     from .concepts import ConceptScores
     from .judges import load_judge, parse_templates
     from .pipelines import MINICANVAS, load_pipeline
@@ -522,6 +522,9 @@ def _cmd_evaluate(args) -> None:
     tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
     grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances)
     check_rules(args.selection, args.firing)
+    check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
+    if args.report:
+        check_output(args.report, "report folder", folder=True)
     device, dtype = device_from_args(args)
     concept_set = answer_concept_set(args.model, args.prompts, sae_dir)
     answers = full_answer_set(seeds, concept_set)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
+from .cli_args import check_output, DOMINANCE, MULTIPLIER, PERCENTILE, PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
 from .concept_set import parse_concepts
 from .errors import UserError
 from .pipelines import SamplerConfig, load_pipeline, sample, to_uint8
@@ -35,14 +35,27 @@ def generate_to_dir(pipe, prompts: Sequence[str], seeds: Sequence[int], config: 
     return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], out)
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    """One image file as H x W x 3 floats in [0, 1], or one clear error naming it."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"{str(path)!r} is not a readable image ({type(err).__name__})") from None
+
+
 def load_images(folder: Path) -> tuple[list[str], torch.Tensor]:
     """Every PNG of a folder (sorted by name) as N x 3 x H x W floats in [0, 1]."""
+    if folder.is_file():
+        raise UserError(f"{str(folder)!r} is a file; give the folder of PNG images to classify")
     if not folder.is_dir():
         raise UserError(f"image folder {str(folder)!r} not found")
     files = sorted(f.name for f in folder.glob("*.png"))
     if not files:
         raise UserError(f"no PNG images in {str(folder)!r}")
-    arrays = [np.asarray(Image.open(folder / f).convert("RGB"), dtype=np.float32) / 255 for f in files]
+    arrays = [_read_rgb(folder / f) for f in files]
     shapes = {a.shape for a in arrays}
     if shapes != {(32, 32, 3)}:
         raise UserError(f"the minicanvas classifier takes 32x32 images; {str(folder)!r} has sizes {sorted(shapes)}")
@@ -93,6 +106,9 @@ def _cmd_generate(args) -> None:
     if args.ablate and not args.sae:
         raise UserError("--ablate needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
     targets = parse_concepts(args.ablate) if args.ablate else []
+    out = check_output(args.out, "output folder", folder=True)
+    if (out / "index.json").exists():
+        raise UserError(f"output folder {str(out)!r} already holds generated images (index.json); choose another --out")
     pipe = load_pipeline(args.model, dtype, device)
     if args.sae:
         index = _generate_ablated(pipe, prompts, seeds, config, targets, args)

@@ -9,13 +9,12 @@ sae-lens' TopK encode/decode without decoder-norm rescaling.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 SAE_LENS_FILES = ("cfg.json", "sae_weights.safetensors")
 SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
@@ -57,13 +56,7 @@ def find_sae_folder(path: str | Path, hookpoint: str | None = None) -> Path:
 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((folder / "cfg.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {folder / 'cfg.json'}: {err}") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{folder / 'cfg.json'} is not a JSON object")
-    return cfg
+    return read_json(folder / "cfg.json", "SAE config")
 
 
 def _load_sparsify(folder: Path, device: str):

@@ -420,9 +420,10 @@ def _init_from_data(trainer, data: Iterator[torch.Tensor], n_batches: int = INIT
 
 
 def _cli_train(args: argparse.Namespace) -> int:
-    from .cli_args import device_from_args
+    from .cli_args import check_output, device_from_args
 
     device_from_args(args)  # an unknown or absent device fails before the store is read
+    check_output(args.out, "SAE folder", folder=True)
     cfg = TrainConfig(
         out=args.out,
         hookpoint=args.hookpoint,

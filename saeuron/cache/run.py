@@ -137,7 +137,7 @@ def cache_activations(
 
 
 def _cmd_cache(args) -> None:
-    from ..cli_args import concept_set_from_args, device_from_args, parse_seeds
+    from ..cli_args import check_output, concept_set_from_args, device_from_args, parse_seeds
     from ..pipelines import load_pipeline
 
     table = concept_set_from_args(args)
@@ -161,6 +161,7 @@ def _cmd_cache(args) -> None:
     rank, world = _dist()
     if world == 1 and Path(args.out).exists() and not args.resume:  # before the slow model load (shards check their own file)
         raise UserError(f"{args.out!r} already exists; pass --resume to continue it, or choose another --out")
+    check_output(args.out, "activation store", folder=world > 1, may_replace=lambda _: args.resume)
     pipe = load_pipeline(args.model, dtype, device)
     path = cache_activations(pipe, table, args.out, config, resume=args.resume, progress=not args.quiet, commit_mb=args.commit_mb)
     if world > 1:  # the other ranks may still be writing: report this rank's shard only
