@@ -203,3 +203,36 @@ def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanv
         parse_grid(None, None, "2,-1")
     with pytest.raises(UserError, match="'99,x'"):
         parse_grid("99,x", None)
+
+
+@pytest.mark.slow  # about 80 s: three evaluations of 100 images
+def test_evaluate_killed_after_a_target_resumes_to_the_uninterrupted_results(tiny_run, tmp_path):
+    """`saeuron evaluate` killed with SIGKILL once a target is done, then run again: the same results.json as one run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sae = tiny_run / "saes" / TINY_HOOKPOINT
+    command = [sys.executable, "-m", "saeuron.cli", "evaluate", "--sae", str(sae), "--targets", "style:neon,style:ocean,style:lava",
+               "--seeds", "7", "--steps", "2", "--percentile", "99", "--multiplier", "-5", "--dominance", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed.json"
+    partial = tmp_path / "killed.json.partial"
+    proc = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while proc.poll() is None and time.time() < deadline and not partial.exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the evaluation ended before it could be killed"
+    finally:
+        proc.kill()
+    done_before = list(json.loads(partial.read_text())["targets"])
+    assert 1 <= len(done_before) < 3 and not killed.exists()
+    for out in (killed, tmp_path / "whole.json"):
+        run = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(killed.read_text()) == json.loads((tmp_path / "whole.json").read_text())
+    assert not partial.exists()
