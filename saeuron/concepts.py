@@ -259,6 +259,8 @@ def _cmd_score(args) -> None:
     from .sae import load_sae
 
     hookpoint = args.hookpoint
+    if not Path(args.sae).is_dir():
+        raise UserError(f"SAE folder {args.sae!r} not found; give the folder `saeuron train` wrote")
     sae_cfg = Path(args.sae) / "train_config.json"
     if hookpoint is None and sae_cfg.exists():
         hookpoint = read_json(sae_cfg, "SAE training config").get("hookpoint")

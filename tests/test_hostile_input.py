@@ -83,6 +83,7 @@ case("not a readable HDF5 file", "train", "--cache", "GARBAGE.h5", "--hookpoint"
 case("not a saeuron activation store", "concepts", "--store", "FOREIGN.h5")
 case("not a readable HDF5 file", "score", "--cache", "GARBAGE.h5", "--sae", "SAE")
 case("not found", "concepts", "--store", "MISSING.h5")
+case("SAE folder", "score", "--cache", "STORE", "--sae", "MISSING_DIR")
 case("not a saeuron concept-score file", "evaluate", "--sae", "FOREIGNSCORES_SAE", "--targets", "style:neon", "--out", "OUT/r.json")
 case("not found", "evaluate", "--sae", "MISSING_DIR", "--targets", "style:neon", "--out", "OUT/r.json")
 

@@ -92,6 +92,8 @@ def check_config(config: CacheConfig) -> None:
         raise UserError(f"unknown --capture {config.capture!r}; valid: {', '.join(CAPTURE_CHOICES)}")
     if config.steps < 1:
         raise UserError(f"steps must be >= 1, got {config.steps}")
+    if config.cfg is not None and not (math.isfinite(config.cfg) and config.cfg >= 0):
+        raise UserError(f"the guidance scale must be a finite number >= 0, got {config.cfg}")
     if config.batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {config.batch_size}")
     if not config.seeds:
