@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 MINICANVAS = "minicanvas"
 CFG_BRANCHES = ("uncond", "cond")  # order of the two halves of the CFG batch
@@ -94,7 +94,7 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype | st
             index = path / "model_index.json"
             if not index.exists():
                 raise UserError(f"model folder {name!r} not found or has no model_index.json; give a diffusers pipeline folder, a hub id, or 'minicanvas'")
-            cls_name = json.loads(index.read_text()).get("_class_name")
+            cls_name = read_json(index, "model index").get("_class_name")
             cls = MiniCanvasPipeline if cls_name == "MiniCanvasPipeline" else DiffusionPipeline
             try:
                 pipe = cls.from_pretrained(path, dtype=dtype)
@@ -156,46 +156,62 @@ def _unet_conditions(pipe, prompts: list[str], height: int, width: int) -> dict:
     cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
         prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=None
     )
-    # SDXL's micro-conditioning at the pipeline's defaults: original size = target size = (height, width), no crop
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=cond.dtype, device=device).repeat(2 * n, 1)
+    # SDXL's micro-conditioning at the pipeline's defaults: original = target size = (height, width), no crop, the same for
+    # the unconditional half; the pipeline's own helper also checks the UNet's embedding width against text_encoder_2
+    time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
     return {
         "encoder_hidden_states": torch.cat([uncond, cond]),
-        "added_cond_kwargs": {"text_embeds": torch.cat([uncond_pooled, pooled]), "time_ids": time_ids},
+        "added_cond_kwargs": {"text_embeds": torch.cat([uncond_pooled, pooled]), "time_ids": time_ids.to(device).repeat(2 * n, 1)},
     }
 
 
-def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-    """Starting noise, one generator per seed, so an image does not depend on its batch."""
+def initial_latents(pipe, seeds: Sequence[int], height: int, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Starting noise in `dtype` (None: the UNet's), one generator per seed, so an image does not depend on its batch."""
     family = model_family(pipe)
     down = 1 if family == "minicanvas" else pipe.vae_scale_factor
     shape = (pipe.unet.config.in_channels, height // down, width // down)
-    # drawn on the CPU in the model's dtype, as diffusers' randn_tensor does with a CPU generator: the same noise on any device
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=pipe.unet.dtype) for s in seeds]
+    # drawn on the CPU in the working dtype, as diffusers' randn_tensor does with a CPU generator: the same noise on any device
+    dtype = dtype or pipe.unet.dtype
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds]
     return torch.stack(noise).to(pipe.unet.device)
 
 
+def _guide(eps: torch.Tensor, scale: float, cond_only: bool) -> torch.Tensor:
+    """The guided noise prediction from the UNet's output on [uncond; cond]."""
+    eps_uncond, eps_cond = eps.chunk(2)
+    if cond_only:
+        return eps_cond
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def _vae_input(vae, latents: torch.Tensor, family: str) -> torch.Tensor:
+    """Final latents to what the pipeline hands its VAE: SDXL's also undoes per-channel statistics if its VAE config has them."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if family != "sdxl" or mean is None or std is None:  # the SD 1.x/2.x pipeline only unscales
+        return latents / vae.config.scaling_factor
+    # built in float32 and then cast, as the pipeline does (a direct float16 tensor can round differently)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1).to(latents.device, latents.dtype) for v in (mean, std))
+    return latents * std / vae.config.scaling_factor + mean
+
+
 def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents to images in [0, 1]."""
-    if model_family(pipe) == "minicanvas":
+    """Latents to images in [0, 1] (float, on the CPU), as the pipeline's own call decodes them."""
+    family = model_family(pipe)
+    if family == "minicanvas":
         return ((latents.float().clamp(-1, 1) + 1) / 2).cpu()
     vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in float16
+    # only the SDXL pipeline upcasts a float16 VAE that asks for it (SDXL's overflows); SD 1.x/2.x decode in the model's dtype
+    upcast = family == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if upcast:
         vae.to(torch.float32)
     try:
-        latents = latents.to(vae.dtype)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if model_family(pipe) == "sdxl" and mean is not None and std is not None:  # per-channel latent statistics, as the SDXL pipeline decodes
-            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
-            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
-            latents = latents * std / vae.config.scaling_factor + mean
-        else:
-            latents = latents / vae.config.scaling_factor
-        images = vae.decode(latents).sample
+        images = vae.decode(_vae_input(vae, latents.to(vae.dtype), family)).sample
     finally:
         if upcast:
             vae.to(torch.float16)
-    return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
+    # denormalized in the decoded dtype before the cast to float, as diffusers' image processor does
+    return (images * 0.5 + 0.5).clamp(0, 1).float().cpu()
 
 
 StepCallback = Callable[[int, int], None]
@@ -225,6 +241,10 @@ def sample(
         raise UserError(f"steps must be >= 1, got {config.steps}")
     dh, dw = default_size(pipe)
     height, width = config.height or dh, config.width or dw
+    # diffusers pipelines turn guidance off at a scale <= 1 and use the conditional prediction alone; the UNet still
+    # runs on [uncond; cond] so hooks see both halves. minicanvas keeps the plain formula at every scale.
+    cond_only = config.cfg <= 1 and model_family(pipe) != "minicanvas"
+    device = pipe.unet.device
     out = []
     for start in range(0, len(prompts), config.batch_size):
         if on_batch is not None:
@@ -232,14 +252,15 @@ def sample(
         batch_prompts = prompts[start : start + config.batch_size]
         cond = _unet_conditions(pipe, batch_prompts, height, width)
         scheduler = copy.deepcopy(pipe.scheduler)
-        scheduler.set_timesteps(config.steps)
-        latents = initial_latents(pipe, seeds[start : start + config.batch_size], height, width) * scheduler.init_noise_sigma
+        scheduler.set_timesteps(config.steps, device=device)
+        # noise in the text embeddings' dtype, which is what the pipelines pass to randn_tensor
+        noise = initial_latents(pipe, seeds[start : start + config.batch_size], height, width, cond["encoder_hidden_states"].dtype)
+        latents = noise * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
             if on_step is not None:
                 on_step(i, int(t))
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps_uncond, eps_cond = pipe.unet(model_in, t, **cond).sample.chunk(2)
-            eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)
+            eps = _guide(pipe.unet(model_in, t, **cond).sample, config.cfg, cond_only)
             latents = scheduler.step(eps, t, latents).prev_sample
         out.append(_decode(pipe, latents))
     return torch.cat(out)

@@ -1,4 +1,4 @@
-"""Session fixtures: the shipped pipeline and tiny random-weight SD / SDXL pipelines, built once."""
+"""Session fixtures: the shipped pipeline and tiny random-weight SD 1.x / 2.x / XL pipelines, built once."""
 
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ def tiny_sd2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl_zeros_dir(tmp_path_factory) -> Path:
-    """Tiny SDXL with its own default: zero embeddings for an empty negative prompt."""
+def tiny_sdxl_no_zeros_dir(tmp_path_factory) -> Path:
+    """Tiny SDXL with force_zeros_for_empty_prompt off: the unconditional half is the encoded empty prompt."""
     from tiny_models import tiny_sdxl_pipeline
 
-    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl_zeros"), force_zeros_for_empty_prompt=True)
+    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl_no_zeros"), force_zeros_for_empty_prompt=False)
 
 
 TINY_HOOKPOINT = "up_blocks.1.attentions.2"

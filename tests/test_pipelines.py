@@ -89,22 +89,53 @@ def test_unreachable_hub_id_is_one_clear_error():
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir", "tiny_sdxl_zeros_dir"])
-def test_generation_is_what_the_diffusers_pipeline_gives(request, fixture):
-    """DDIM through saeuron's loop equals the pipeline's own call (its defaults: negative prompt, size, SDXL conditioning),
-    one image at a time and in a batch of prompts x seeds."""
+GUIDED = SamplerConfig(steps=3, cfg=6.0)
+
+
+def _diffusers_pipeline(folder, dtype: torch.dtype = torch.float32):
+    """The folder loaded by diffusers itself, with the DDIM scheduler load_pipeline gives it."""
     from diffusers import DDIMScheduler, DiffusionPipeline
 
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers_image(pipe, prompt: str, seed: int, config: SamplerConfig) -> torch.Tensor:
+    """The pipeline's own call with its defaults (negative prompt, size, SDXL conditioning), as 3 x H x W floats."""
+    image = pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=config.steps, guidance_scale=config.cfg,
+                 output_type="np").images[0]
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir", "tiny_sdxl_no_zeros_dir"])
+def test_generation_is_what_the_diffusers_pipeline_gives(request, fixture):
+    """saeuron's loop equals the pipeline's own call, one image alone and each image of a 2 prompts x 2 seeds batch."""
     folder = request.getfixturevalue(fixture)
-    reference = DiffusionPipeline.from_pretrained(folder)
-    reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
-    reference.set_progress_bar_config(disable=True)
-    ours = load_pipeline(folder, device="cpu")
-    pairs = [("a photo of a cat", 0), ("a dog", 3), ("a photo of a cat", 3)]
-    batch = sample(ours, [p for p, _ in pairs], [s for _, s in pairs], SamplerConfig(steps=4, cfg=6.0))
-    for (prompt, seed), image in zip(pairs, batch):
-        expected = reference(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=4, guidance_scale=6.0,
-                             output_type="np").images[0]
-        alone = sample(ours, [prompt], [seed], SamplerConfig(steps=4, cfg=6.0))[0]
-        expected = torch.from_numpy(expected).permute(2, 0, 1)
-        assert (alone - expected).abs().max() < 1e-3 and (image - expected).abs().max() < 1e-3
+    reference, ours = _diffusers_pipeline(folder), load_pipeline(folder, device="cpu")
+    pairs = [(prompt, seed) for prompt in ("a photo of a cat", "a dog") for seed in (0, 3)]
+    expected = [_diffusers_image(reference, prompt, seed, GUIDED) for prompt, seed in pairs]
+    alone = sample(ours, [pairs[0][0]], [pairs[0][1]], GUIDED)
+    torch.testing.assert_close(alone[0], expected[0], atol=1e-3, rtol=0)
+    batch = sample(ours, [prompt for prompt, _ in pairs], [seed for _, seed in pairs], GUIDED)
+    for image, reference_image in zip(batch, expected):
+        torch.testing.assert_close(image, reference_image, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 0.5])
+def test_guidance_up_to_one_is_the_conditional_prediction_as_in_diffusers(tiny_sd_dir, cfg):
+    """diffusers turns CFG off at a scale <= 1; saeuron follows it, although its UNet still sees both halves."""
+    config = SamplerConfig(steps=3, cfg=cfg)
+    ours = sample(load_pipeline(tiny_sd_dir, device="cpu"), ["a dog"], [2], config)[0]
+    torch.testing.assert_close(ours, _diffusers_image(_diffusers_pipeline(tiny_sd_dir), "a dog", 2, config), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir"])
+def test_float16_sampling_is_what_the_diffusers_pipeline_gives(request, fixture):
+    """float16 details (noise drawn in float16, only SDXL upcasting its VAE, denormalizing before the cast to float) match too.
+
+    Both sample one pipeline as diffusers loads it: load_pipeline's channels_last UNet alone changes float16 rounding."""
+    pipe = _diffusers_pipeline(request.getfixturevalue(fixture), torch.float16)
+    ours = sample(pipe, ["a dog"], [2], GUIDED)[0]
+    torch.testing.assert_close(ours, _diffusers_image(pipe, "a dog", 2, GUIDED), atol=1e-4, rtol=0)

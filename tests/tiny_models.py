@@ -1,4 +1,4 @@
-"""Tiny random-weight Stable Diffusion 1.x and XL pipelines built from configs (no downloads)."""
+"""Tiny random-weight Stable Diffusion 1.x, 2.x and XL pipelines built from configs (no downloads)."""
 
 from __future__ import annotations
 
@@ -57,14 +57,15 @@ def tiny_sd_pipeline(folder: Path):
 
 
 def tiny_sd2_pipeline(folder: Path):
-    """A random-weight SD 2.x-style pipeline: v-prediction, linear projections, per-block head sizes, saved to `folder`."""
+    """A random-weight SD 2.x-style pipeline (v-prediction, linear projections, per-block head sizes, upcast attention as in
+    SD 2.1), saved to `folder`."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer(folder / "_tok")
     unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-                                attention_head_dim=(2, 4), use_linear_projection=True,
+                                attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
@@ -75,10 +76,11 @@ def tiny_sd2_pipeline(folder: Path):
     return folder
 
 
-def tiny_sdxl_pipeline(folder: Path, force_zeros_for_empty_prompt: bool = False):
+def tiny_sdxl_pipeline(folder: Path, force_zeros_for_empty_prompt: bool = True):
     """A random-weight StableDiffusionXLPipeline (two text encoders, text_time conditioning), saved to `folder`.
 
-    force_zeros_for_empty_prompt=True is SDXL's own setting: the unconditional half gets zero embeddings."""
+    force_zeros_for_empty_prompt=True (diffusers' default, SDXL base's setting) gives the unconditional half zero embeddings;
+    False encodes the empty prompt instead."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
