@@ -259,6 +259,7 @@ def _cmd_score(args) -> None:
     from .sae import load_sae
 
     hookpoint = args.hookpoint
+    device, dtype = device_from_args(args)
     if not Path(args.sae).is_dir():
         raise UserError(f"SAE folder {args.sae!r} not found; give the folder `saeuron train` wrote")
     sae_cfg = Path(args.sae) / "train_config.json"
@@ -266,7 +267,6 @@ def _cmd_score(args) -> None:
         hookpoint = read_json(sae_cfg, "SAE training config").get("hookpoint")
     if hookpoint is None:
         raise UserError("give --hookpoint: the SAE folder does not say which hookpoint it was trained on")
-    device, dtype = device_from_args(args)
     out = Path(args.out) if args.out else Path(args.sae) / "concepts.h5"
     check_output(out, "concept-score file", may_replace=_is_score_file)
     sae = load_sae(args.sae, hookpoint=hookpoint, device=device, dtype=dtype).eval()

@@ -111,7 +111,8 @@ def load_pipeline(name_or_path: str | Path = MINICANVAS, dtype: torch.dtype | st
             raise UserError(f"model {name!r} is a {type(pipe).__name__}, not a Stable Diffusion 1.x/2.x/XL pipeline")
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.to(device)
-    pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions (mkldnn on the CPU, cuDNN NHWC kernels on GPUs)
+    if model_family(pipe) == "minicanvas":  # faster CPU convolutions (mkldnn); SD keeps diffusers' layout, whose rounding it matches
+        pipe.unet.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -133,9 +133,8 @@ def test_guidance_up_to_one_is_the_conditional_prediction_as_in_diffusers(tiny_s
 
 @pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir"])
 def test_float16_sampling_is_what_the_diffusers_pipeline_gives(request, fixture):
-    """float16 details (noise drawn in float16, only SDXL upcasting its VAE, denormalizing before the cast to float) match too.
-
-    Both sample one pipeline as diffusers loads it: load_pipeline's channels_last UNet alone changes float16 rounding."""
-    pipe = _diffusers_pipeline(request.getfixturevalue(fixture), torch.float16)
-    ours = sample(pipe, ["a dog"], [2], GUIDED)[0]
-    torch.testing.assert_close(ours, _diffusers_image(pipe, "a dog", 2, GUIDED), atol=1e-4, rtol=0)
+    """float16 details (noise drawn in float16, only SDXL upcasting its VAE, denormalizing before the cast to float, the
+    UNet's memory layout) match too, through `load_pipeline(..., dtype=float16)`."""
+    folder = request.getfixturevalue(fixture)
+    ours = sample(load_pipeline(folder, torch.float16, "cpu"), ["a dog"], [2], GUIDED)[0]
+    torch.testing.assert_close(ours, _diffusers_image(_diffusers_pipeline(folder, torch.float16), "a dog", 2, GUIDED), atol=1e-4, rtol=0)
