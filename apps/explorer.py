@@ -355,7 +355,12 @@ def ablate_page() -> None:
     if sae is None:
         return
     scores = load_scores_or_error()
-    prompt = pick_prompt(store.concept_set if store else None)
+    if is_minicanvas(model):  # every prompt of the world can be drawn, not only the cached ones
+        from saeuron.concept_set import ConceptSet
+
+        prompt = pick_prompt(ConceptSet.minicanvas())
+    else:
+        prompt = pick_prompt(store.concept_set if store else None)
     c1, c2, c3 = st.columns(3)
     seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="ab_seed")
     steps = c2.number_input("Sampler steps", 1, 200, 25, key="ab_steps")
