@@ -9,7 +9,6 @@ once per step on the CFG batch `[uncond; cond]`, so hooks see both branches, and
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -240,6 +239,8 @@ def sample(
     config = resolve_sampler(pipe, config)
     if config.steps < 1:
         raise UserError(f"steps must be >= 1, got {config.steps}")
+    if not np.isfinite(config.cfg):  # NaN guidance would write NaN images
+        raise UserError(f"the guidance scale must be a finite number, got {config.cfg}")
     dh, dw = default_size(pipe)
     height, width = config.height or dh, config.width or dw
     # diffusers pipelines turn guidance off at a scale <= 1 and use the conditional prediction alone; the UNet still

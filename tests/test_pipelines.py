@@ -68,6 +68,12 @@ def test_real_model_families_load_and_generate(request, fixture, family):
     assert torch.equal(images, sample(pipe, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2, cfg=7.5)))
 
 
+def test_non_finite_guidance_is_refused(minicanvas_pipe):
+    for cfg in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match="finite"):
+            sample(minicanvas_pipe, ["a star"], [0], SamplerConfig(steps=2, cfg=cfg))
+
+
 def test_unknown_word_is_a_clear_error(minicanvas_pipe):
     with pytest.raises(UserError, match="unknown word 'cubism'.*styles"):
         sample(minicanvas_pipe, ["a star in cubism style"], [0], FAST)
