@@ -3,7 +3,8 @@
 Layout of one store file (h5py, libver='latest', written in SWMR mode so readers can follow a run):
 
     attrs: format='saeuron-activations', format_version, config (JSON of CacheConfig)
-    prompts/{text,style,object}      the prompt table with concept labels ('' when unknown)
+    prompts/text, prompts/<kind>     the labelled prompt set: text and one label column per kind ('' when none);
+                                     attrs kinds (JSON list); format 1 stores have the kinds style and object
     acts/<hookpoint>                 float16 (rows, width), chunked: one row per token vector
     rows/<hookpoint>/{prompt,seed,step,timestep,branch,position}   provenance of every row
     progress                         int64 (units done, hookpoints): cumulative rows after each unit
