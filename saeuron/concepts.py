@@ -20,6 +20,7 @@ import h5py
 import torch
 import numpy as np
 
+from .concept_set import Concept
 from .errors import UserError, read_json
 
 FORMAT = "saeuron-concepts-v1"
@@ -40,7 +41,7 @@ class ConceptScores:
 
     def kind(self, row: int) -> str:
         """The kind of a concept row."""
-        return self.concepts[row].split(":", 1)[0]
+        return Concept.parse(self.concepts[row]).kind
 
     @property
     def kinds(self) -> list[str]:
@@ -50,13 +51,11 @@ class ConceptScores:
     def index(self, concept: str) -> int:
         """Row of a concept ('KIND:VALUE'); clear error naming the valid kinds or values if unknown."""
         if concept not in self.concepts:
-            from .concept_set import Concept
-
             c = Concept.parse(concept)
             if c.kind not in self.kinds:
                 raise UserError(f"unknown concept kind {c.kind!r} in {concept!r}; the scores know the kinds {', '.join(self.kinds) or '(none)'}")
             raise UserError(f"unknown concept {concept!r}; the scores know the {c.kind} values "
-                            f"{', '.join(x.split(':', 1)[1] for x in self.concepts if x.startswith(c.kind + ':'))}")
+                            f"{', '.join(k.value for k in map(Concept.parse, self.concepts) if k.kind == c.kind)}")
         return self.concepts.index(concept)
 
     def kind_rows(self, kind: str) -> list[int]:
@@ -152,7 +151,7 @@ class ConceptMeanAccumulator:
             raise UserError(f"no images for concepts {missing} at some steps; the cache must cover every concept at every step")
         means = self.sums / self.counts[..., None]
         other = np.zeros_like(means)
-        kinds = [c.split(":", 1)[0] for c in self.concepts]
+        kinds = [Concept.parse(c).kind for c in self.concepts]
         for i, kind in enumerate(kinds):
             others = [j for j, k in enumerate(kinds) if k == kind and j != i]
             if others:

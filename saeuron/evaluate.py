@@ -104,7 +104,7 @@ def generate_answer_set(pipe, answers: AnswerSet, config: SamplerConfig, on_batc
     return sample(pipe, answers.prompts(), answers.image_seeds(), config, on_batch=on_batch)
 
 
-def default_judge(concept_set: ConceptSet | None = None):
+def default_judge():
     """The minicanvas classifier (the judge of the shipped world)."""
     from .judges import MinicanvasJudge
 
@@ -327,20 +327,20 @@ def parse_target_spec(text: str, concepts: Sequence[str] | None = None) -> list[
 
     if concepts is None:
         concepts = ConceptSet.minicanvas().concepts()
-    kinds = list(dict.fromkeys(c.split(":", 1)[0] for c in concepts))
+    parsed = [Concept.parse(c) for c in concepts]
+    kinds = list(dict.fromkeys(c.kind for c in parsed))
     if text.startswith("all-"):
         kind = text[len("all-"):]
         kind = kind if kind in kinds else kind.removesuffix("s")
         if kind not in kinds:
             raise UserError(f"bad target {text!r}: no concept kind {kind!r}; valid: {', '.join('all-' + k + 's' for k in kinds)}")
-        return [c for c in concepts if c.startswith(kind + ":")]
+        return [str(c) for c in parsed if c.kind == kind]
     targets = parse_concepts(text)
-    for t in targets:
-        if t not in concepts:
-            kind = t.split(":", 1)[0]
-            valid = [c.split(":", 1)[1] for c in concepts if c.startswith(kind + ":")]
-            raise UserError(f"bad target {t!r}: " + (f"valid {kind} values are {', '.join(valid)}" if valid else
-                                                      f"no concept kind {kind!r}; valid kinds: {', '.join(kinds)}"))
+    for t in map(Concept.parse, targets):
+        if str(t) not in concepts:
+            valid = [c.value for c in parsed if c.kind == t.kind]
+            raise UserError(f"bad target {str(t)!r}: " + (f"valid {t.kind} values are {', '.join(valid)}" if valid else
+                                                           f"no concept kind {t.kind!r}; valid kinds: {', '.join(kinds)}"))
     return targets
 
 
