@@ -187,14 +187,15 @@ def unlearning_metrics(target: str, answers: AnswerSet, labels: list[dict], eras
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (as FID does)."""
-    from scipy import linalg
+    """Frechet distance between Gaussians fitted to two feature sets (as FID does).
 
+    tr(sqrt(cov_a cov_b)) is the sum of the square roots of the eigenvalues of cov_a cov_b, which are real and
+    non-negative for two covariance matrices; rounding can leave them slightly complex or negative, so take the real
+    part and clip at 0 (no matrix square root: scipy's `sqrtm` changed its signature in 1.18)."""
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    eigenvalues = np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(eigenvalues).sum())
 
 
 @torch.no_grad()

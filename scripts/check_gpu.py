@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from saeuron.cache import CacheConfig, cache_activations, open_store  # noqa: E402
 from saeuron.concept_set import ConceptSet  # noqa: E402
 from saeuron.concepts import score_cache  # noqa: E402
-from saeuron.pipelines import SamplerConfig, load_pipeline, sample  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 from saeuron.sae import load_sae  # noqa: E402
 from saeuron.train import TrainConfig, train  # noqa: E402
 
@@ -80,6 +80,20 @@ def main() -> int:
     plain = sample(pipe, [p for p in prompts.prompts for _ in seeds], seeds * len(prompts.rows), sampler)
     sync(device)
     t_plain = time.perf_counter() - t0
+    if not args.model:  # the first image as diffusers' own pipeline call draws it, on the same device in the same dtype
+        from tiny_models import diffusers_image, diffusers_pipeline
+
+        reference = diffusers_pipeline(model, pipe.unet.dtype).to(device)
+        gap = (plain[0] - diffusers_image(reference, prompts.prompts[0], seeds[0], resolve_sampler(pipe, sampler))).abs()
+        print(f"diffusers parity on {device} {args.dtype}: max |ours - pipeline call| {gap.max():.2e}")
+        del reference
+    if device.type != "cpu":  # the same images on the CPU in float32
+        cpu_pipe = load_pipeline(model, "float32", "cpu")
+        n = min(8, len(plain))
+        ref = sample(cpu_pipe, [p for p in prompts.prompts for _ in seeds][:n], (seeds * len(prompts.rows))[:n], sampler)
+        gap = (plain[:n] - ref).abs()
+        print(f"{device} {args.dtype} vs cpu float32 on {n} images: max |diff| {gap.max():.2e}, mean {gap.mean():.2e}")
+        del cpu_pipe
 
     hookpoint = "up_blocks.2.attentions.1" if not args.model else "up_blocks.1.attentions.1"
     store = work / "cache.h5"

@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+from tiny_models import diffusers_image, diffusers_pipeline
+
 from saeuron.errors import UserError
 from saeuron.pipelines import MiniCanvasPipeline, SamplerConfig, default_guidance, load_pipeline, model_family, resolve_sampler, sample
 
@@ -98,30 +100,13 @@ def test_unreachable_hub_id_is_one_clear_error():
 GUIDED = SamplerConfig(steps=3, cfg=6.0)
 
 
-def _diffusers_pipeline(folder, dtype: torch.dtype = torch.float32):
-    """The folder loaded by diffusers itself, with the DDIM scheduler load_pipeline gives it."""
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _diffusers_image(pipe, prompt: str, seed: int, config: SamplerConfig) -> torch.Tensor:
-    """The pipeline's own call with its defaults (negative prompt, size, SDXL conditioning), as 3 x H x W floats."""
-    image = pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=config.steps, guidance_scale=config.cfg,
-                 output_type="np").images[0]
-    return torch.from_numpy(image).permute(2, 0, 1)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir", "tiny_sdxl_no_zeros_dir"])
 def test_generation_is_what_the_diffusers_pipeline_gives(request, fixture):
     """saeuron's loop equals the pipeline's own call, one image alone and each image of a 2 prompts x 2 seeds batch."""
     folder = request.getfixturevalue(fixture)
-    reference, ours = _diffusers_pipeline(folder), load_pipeline(folder, device="cpu")
+    reference, ours = diffusers_pipeline(folder), load_pipeline(folder, device="cpu")
     pairs = [(prompt, seed) for prompt in ("a photo of a cat", "a dog") for seed in (0, 3)]
-    expected = [_diffusers_image(reference, prompt, seed, GUIDED) for prompt, seed in pairs]
+    expected = [diffusers_image(reference, prompt, seed, GUIDED) for prompt, seed in pairs]
     alone = sample(ours, [pairs[0][0]], [pairs[0][1]], GUIDED)
     torch.testing.assert_close(alone[0], expected[0], atol=1e-3, rtol=0)
     batch = sample(ours, [prompt for prompt, _ in pairs], [seed for _, seed in pairs], GUIDED)
@@ -134,7 +119,7 @@ def test_guidance_up_to_one_is_the_conditional_prediction_as_in_diffusers(tiny_s
     """diffusers turns CFG off at a scale <= 1; saeuron follows it, although its UNet still sees both halves."""
     config = SamplerConfig(steps=3, cfg=cfg)
     ours = sample(load_pipeline(tiny_sd_dir, device="cpu"), ["a dog"], [2], config)[0]
-    torch.testing.assert_close(ours, _diffusers_image(_diffusers_pipeline(tiny_sd_dir), "a dog", 2, config), atol=1e-3, rtol=0)
+    torch.testing.assert_close(ours, diffusers_image(diffusers_pipeline(tiny_sd_dir), "a dog", 2, config), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_sd2_dir", "tiny_sdxl_dir"])
@@ -143,4 +128,4 @@ def test_float16_sampling_is_what_the_diffusers_pipeline_gives(request, fixture)
     UNet's memory layout) match too, through `load_pipeline(..., dtype=float16)`."""
     folder = request.getfixturevalue(fixture)
     ours = sample(load_pipeline(folder, torch.float16, "cpu"), ["a dog"], [2], GUIDED)[0]
-    torch.testing.assert_close(ours, _diffusers_image(_diffusers_pipeline(folder, torch.float16), "a dog", 2, GUIDED), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours, diffusers_image(diffusers_pipeline(folder, torch.float16), "a dog", 2, GUIDED), atol=1e-4, rtol=0)

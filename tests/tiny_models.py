@@ -98,3 +98,20 @@ def tiny_sdxl_pipeline(folder: Path, force_zeros_for_empty_prompt: bool = True):
                                      force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
     pipe.save_pretrained(folder)
     return folder
+
+
+def diffusers_pipeline(folder, dtype: torch.dtype = torch.float32):
+    """The folder loaded by diffusers itself, with the DDIM scheduler load_pipeline gives it."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_image(pipe, prompt: str, seed: int, config) -> torch.Tensor:
+    """The pipeline's own call with its defaults (negative prompt, size, SDXL conditioning), as 3 x H x W floats."""
+    image = pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=config.steps, guidance_scale=config.cfg,
+                 output_type="np").images[0]
+    return torch.from_numpy(image).permute(2, 0, 1)
