@@ -13,8 +13,9 @@ import numpy as np
 import streamlit as st
 
 from saeuron.app import (
-    feature_stats, feature_table, inspect_run, manual_plan, overlay, parse_feature_ids,
-    run_dir_from_argv, sae_capture, sample_steered, spatial_map, upscale,
+    build_plan, feature_from_selection, feature_stats, feature_table, generate_in_chunks, grid_spec, grid_summary,
+    inspect_run, judge_marks, labelled_grid, overlay, parse_feature_ids, run_dir_from_argv, sae_capture, sample_steered,
+    setting_for, spatial_map, stored_settings, unlearned_folders, upscale,
 )
 from saeuron.errors import UserError
 
@@ -166,6 +167,21 @@ def load_scores_or_error():
         return None
 
 
+def run_settings() -> dict[str, dict]:
+    """target -> the ablation setting this run stored at the chosen hookpoint (tuned.json, else its evaluations)."""
+    if hookpoint is None:
+        return {}
+    return stored_settings(info.run, hookpoint, info.saes.get(hookpoint))
+
+
+def open_feature() -> None:
+    """A row of the Concepts page's feature table was clicked: show that feature on the Features page."""
+    f = feature_from_selection(st.session_state.get("concept_top"), st.session_state.get("_concept_ids", []))
+    if f is not None:
+        st.session_state.feature = f
+        st.session_state.page = "Features"
+
+
 def prompt_text(i: int) -> str:
     return store.prompts[i]["prompt"]
 
@@ -209,12 +225,42 @@ def features_page() -> None:
     if concept_filter and "top_concept" in view:
         view = view[view["top_concept"].str.contains(concept_filter, regex=False)]
     view = view.sort_values(sort_by, ascending=sort_by == "feature").head(int(n_show))
-    st.dataframe(view, hide_index=True, width="stretch")
-    st.caption(f"{len(view)} features shown")
-
-    default = int(view["feature"].iloc[0]) if len(view) else 0
-    feature = st.number_input("Feature id", 0, len(table) - 1, default, key="feature")
+    st.session_state["_table_ids"] = view["feature"].tolist()  # what the clicked row number means
+    if "feature" not in st.session_state or not 0 <= int(st.session_state.feature) < len(table):
+        st.session_state.feature = int(view["feature"].iloc[0]) if len(view) else 0
+    # a typed id clears the row selection: the table's key changes (a selection cannot be set from the script)
+    st.dataframe(view, hide_index=True, width="stretch", height=320, key=f"feature_table:{st.session_state.get('_typed', 0)}",
+                 on_select=pick_from_table, selection_mode="single-row", column_config=FEATURE_COLUMNS)
+    c1, c2 = st.columns([1, 3])
+    c2.caption(f"{len(view)} features shown · click a row to open its feature, or type its id")
+    feature = c1.number_input("Feature id", 0, len(table) - 1, key="feature", on_change=typed_feature)
     feature_detail(int(feature), sae, stats, scores)
+
+
+FEATURE_COLUMNS = {"feature": st.column_config.NumberColumn("feature", format="%d"),
+                   "frequency": st.column_config.NumberColumn(format="%.4f"),
+                   "mean_act": st.column_config.NumberColumn(format="%.4f"),
+                   "max_act": st.column_config.NumberColumn(format="%.3f"),
+                   "top_score": st.column_config.NumberColumn(format="%.4f")}
+
+
+def typed_feature() -> None:
+    st.session_state._typed = st.session_state.get("_typed", 0) + 1
+
+
+def pick_from_table() -> None:
+    """A row of the feature table was clicked: open its feature (runs before the page, so the id box follows)."""
+    key = f"feature_table:{st.session_state.get('_typed', 0)}"
+    f = feature_from_selection(st.session_state.get(key), st.session_state.get("_table_ids", []))
+    if f is not None:
+        st.session_state.feature = f
+
+
+def categorical(fig, *axes: str):
+    """Feature ids and timesteps are names, not quantities: plot them on category axes, in the order given."""
+    for axis in axes:
+        getattr(fig, f"update_{axis}axes")(type="category")
+    return fig
 
 
 def feature_detail(feature: int, sae, stats, scores) -> None:
@@ -263,7 +309,7 @@ def feature_detail(feature: int, sae, stats, scores) -> None:
         fig = px.imshow(scores.mean_acts[:, :, feature], x=[str(int(t)) for t in scores.timesteps], y=scores.concepts,
                         aspect="auto", labels={"x": "timestep", "y": "concept", "color": "mean act"},
                         title="Mean activation per concept and timestep")
-        c2.plotly_chart(fig, key="per_concept_t")
+        c2.plotly_chart(categorical(fig, "x", "y"), key="per_concept_t")
         top_c = int(np.argmax(scores.scores[:, :, feature].max(1)))
         st.caption(f"top concept of feature {feature}: {scores.concepts[top_c]} "
                    f"(best score {float(scores.scores[top_c, :, feature].max()):.4f})")
@@ -285,16 +331,20 @@ def concepts_page() -> None:
     kind = c1.selectbox("Kind", ["every kind", *scores.kinds], key="concept_kind")
     concept = c2.selectbox("Concept", [x for x in scores.concepts if kind == "every kind" or x.startswith(kind + ":")], key="concept")
     c = scores.index(concept)
+    setting = setting_for(run_settings(), concept)
     col1, col2 = st.columns(2)
     top_n = col1.slider("Features in the heatmap", 5, min(200, scores.scores.shape[2]), min(30, scores.scores.shape[2]), key="heat_n")
-    percentile = col2.number_input("Selection percentile", 0.0, 99.99, 99.0, step=0.1, key="concept_percentile")
+    percentile = col2.number_input("Selection percentile", 0.0, 99.999, float(setting["percentile"]), step=0.1, format="%.3f",
+                                   key=f"concept_percentile:{concept}",
+                                   help=f"starts at the run's setting for {concept} ({setting['source']})")
     s_tf = scores.scores[c]
     top = np.argsort(-s_tf.max(0), kind="stable")[:top_n]
     steps = scores.steps if scores.steps is not None else np.arange(len(scores.timesteps))
     fig = px.imshow(s_tf[:, top], x=[str(f) for f in top], y=[f"t={t} (step {s})" for t, s in zip(scores.timesteps, steps)],
                     color_continuous_scale="RdBu_r", color_continuous_midpoint=0, aspect="auto",
-                    labels={"x": "feature", "y": "timestep", "color": "score"}, title=f"Scores of {concept}: top {top_n} features")
-    st.plotly_chart(fig, key="concept_heat")
+                    labels={"x": "feature", "y": "timestep", "color": "score"},
+                    title=f"Scores of {concept}: top {len(top)} features, best first")
+    st.plotly_chart(categorical(fig, "x", "y"), key="concept_heat")
     from saeuron.concepts import select_features
 
     try:
@@ -303,9 +353,22 @@ def concepts_page() -> None:
         st.error(str(err))
         return
     st.dataframe(pd.DataFrame({"step": steps, "timestep": scores.timesteps, "n_selected": [len(x) for x in chosen],
-                               "features": [", ".join(map(str, x[:20])) for x in chosen]}), hide_index=True)
+                               "features": [", ".join(map(str, x[:20])) for x in chosen]}), hide_index=True, key="concept_steps")
     st.caption(f"best feature overall: {int(top[0])} (score {float(s_tf.max(0)[top[0]]):.4f}) · "
                f"images of this concept in the cache: {int(scores.n_images[c])}")
+    dom = scores.dominance(c)
+    best_t = s_tf[:, top].argmax(0)
+    tops = pd.DataFrame({"feature": top.astype(int), "best score": s_tf.max(0)[top],
+                         "at step": steps[best_t].astype(int),
+                         "mean act there": scores.mean_acts[c, best_t, top],
+                         "dominance there": dom[best_t, top],
+                         "steps selected": [sum(int(f) in set(x.tolist()) for x in chosen) for f in top]})
+    st.session_state["_concept_ids"] = tops["feature"].tolist()
+    st.markdown(f"**Top features of {concept}** — click a row to open the feature on the Features page")
+    st.dataframe(tops, hide_index=True, key="concept_top", on_select=open_feature, selection_mode="single-row",
+                 column_config={"best score": st.column_config.NumberColumn(format="%.4f"),
+                                "mean act there": st.column_config.NumberColumn(format="%.4f"),
+                                "dominance there": st.column_config.NumberColumn(format="%.2f")})
     if store is None:
         return
     kind, _, name = concept.partition(":")
@@ -348,6 +411,42 @@ def pick_prompt(cs) -> str:
     return match
 
 
+def run_concept_set():
+    """The labelled prompts the Ablate page offers: on minicanvas every prompt of the world, else the cache's."""
+    if is_minicanvas(model):  # every prompt of the world can be drawn, not only the cached ones
+        from saeuron.concept_set import ConceptSet
+
+        return ConceptSet.minicanvas()
+    return store.concept_set if store else None
+
+
+def ablation_settings(scores, concepts: list[str]) -> dict[str, dict]:
+    """One row of inputs per target, starting at the setting the run stored for it (tuned, or its evaluation's)."""
+    stored = run_settings()
+    settings = {}
+    if not concepts:
+        return settings
+    widths = [2, 1, 1, 1, 3]
+    for col, head in zip(st.columns(widths), ("target", "percentile", "multiplier", "min. dominance", "starting point")):
+        col.markdown(f"**{head}**")
+    for t in concepts:
+        p = setting_for(stored, t)
+        cols = st.columns(widths, vertical_alignment="center")
+        cols[0].markdown(f"`{t}`")
+        key = f"{hookpoint}:{t}"
+        pct = cols[1].number_input(f"Percentile of {t}", 0.0, 99.999, float(p["percentile"]), step=0.1, format="%.3f",
+                                   key=f"ab_pct:{key}", label_visibility="collapsed")
+        mult = cols[2].number_input(f"Multiplier of {t}", -100.0, -0.001, float(min(p["multiplier"], -0.001)), step=1.0,
+                                    key=f"ab_mult:{key}", label_visibility="collapsed")
+        dom = cols[3].number_input(f"Minimum dominance of {t}", 0.0, 100.0, float(p["dominance"]), step=0.5,
+                                   key=f"ab_dom:{key}", label_visibility="collapsed",
+                                   help="keep only features the concept fires at least this many times as strongly as any other (0: off)")
+        rules = "" if (p["selection"], p["firing"]) == ("saeuron", "mean") else f" · selection {p['selection']}, firing {p['firing']}"
+        cols[4].caption(f"{p['source']}: {p['percentile']:g} / {p['multiplier']:g} / {p['dominance']:g}{rules}")
+        settings[t] = {**p, "percentile": float(pct), "multiplier": float(mult), "dominance": float(dom)}
+    return settings
+
+
 def ablate_page() -> None:
     if not need("sae"):
         return
@@ -355,35 +454,44 @@ def ablate_page() -> None:
     if sae is None:
         return
     scores = load_scores_or_error()
-    if is_minicanvas(model):  # every prompt of the world can be drawn, not only the cached ones
-        from saeuron.concept_set import ConceptSet
-
-        prompt = pick_prompt(ConceptSet.minicanvas())
-    else:
-        prompt = pick_prompt(store.concept_set if store else None)
+    concept_set = run_concept_set()
+    prompt = pick_prompt(concept_set)
     c1, c2, c3 = st.columns(3)
     seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="ab_seed")
     steps = c2.number_input("Sampler steps", 1, 200, 25, key="ab_steps")
     cfg = c3.number_input("CFG scale", 0.0, 30.0, cache_cfg, key="ab_cfg")
     st.caption(f"The concept scores cover {cache_steps} cached steps; other step counts use the cached step of nearest timestep.")
+    sampling = (prompt, int(seed), int(steps), float(cfg))
 
     st.subheader("Ablation (SAeUron)")
-    concepts = st.multiselect("Concepts to ablate", scores.concepts if scores is not None else [], key="ab_concepts")
-    feats_text = st.text_input("and/or feature ids (comma separated)", "", key="ab_features")
-    c1, c2, c3, c4 = st.columns(4)
-    multiplier = c1.number_input("Multiplier (negative)", -100.0, 100.0, -1.0, key="ab_mult")
-    percentile = c2.number_input("Percentile", 0.0, 99.999, 99.0, step=0.1, format="%.3f", key="ab_pct")
-    dominance = c3.number_input("Minimum dominance", 0.0, 100.0, 0.0, step=0.5, key="ab_dominance",
-                                help="keep only features the concept fires at least this many times as strongly as any other concept (0: off)")
-    window = c4.slider("Cached step window [from, to)", 0, cache_steps, (0, cache_steps), key="ab_window")
-    if st.button("Run ablation", key="ab_run"):
+    options = scores.concepts if scores is not None else []
+    stored = [t for t in run_settings() if t in options]
+    concepts = st.multiselect("Concepts to ablate", options, default=stored, key=f"ab_concepts:{hookpoint}",
+                              help="the run's own targets at this hookpoint are chosen to start with")
+    settings = ablation_settings(scores, concepts)
+    c1, c2, c3 = st.columns([2, 1, 2])
+    feats_text = c1.text_input("and/or feature ids (comma separated)", "", key="ab_features")
+    f_mult = c2.number_input("their multiplier", -100.0, 100.0, -1.0, key="ab_mult")
+    window = c3.slider("Cached step window [from, to)", 0, cache_steps, (0, cache_steps), key="ab_window")
+    what = (settings, feats_text, float(f_mult), tuple(window))
+    c1, c2, _ = st.columns([1, 2, 3])
+    if c1.button("Run ablation", key="ab_run", type="primary"):
         st.session_state.ab_result = None
         try:
-            st.session_state.ab_result = run_ablation(sae, scores, prompt, int(seed), int(steps), float(cfg), concepts,
-                                                      feats_text, float(multiplier), float(percentile), tuple(window), float(dominance))
+            st.session_state.ab_result = run_ablation(sae, scores, *sampling, *what)
+        except UserError as err:
+            st.error(str(err))
+    grid_label = "Erase everywhere: " + ("the world's whole grid" if is_minicanvas(model) else "every labelled prompt")
+    if c2.button(grid_label, key="ab_grid", help="every prompt of the grid, this seed, before and after"):
+        st.session_state.grid_result = None
+        try:
+            st.session_state.grid_result = run_grid_ablation(sae, scores, concept_set, *sampling[1:], *what)
         except UserError as err:
             st.error(str(err))
     show_result(st.session_state.get("ab_result"), "Ablated")
+    show_grid(st.session_state.get("grid_result"))
+
+    unlearned_section(concept_set, *sampling)
 
     st.subheader("Steering (turn one feature up)")
     c1, c2, c3, c4 = st.columns(4)
@@ -401,40 +509,168 @@ def ablate_page() -> None:
     show_result(st.session_state.get("st_result"), "Steered")
 
 
-def _sampler(steps: int, cfg: float):
+def _sampler(steps: int, cfg: float, batch_size: int = 2):
     from saeuron.pipelines import SamplerConfig
 
-    return SamplerConfig(steps=steps, cfg=cfg, batch_size=2)
+    return SamplerConfig(steps=steps, cfg=cfg, batch_size=batch_size)
 
 
-def run_ablation(sae, scores, prompt, seed, steps, cfg, concepts, feats_text, multiplier, percentile, window, dominance=0.0) -> dict:
-    from saeuron.ablate import AblationPlan, merge_plans, plan_ablation, sample_with_ablation
+def make_plan(scores, settings: dict[str, dict], feats_text: str, f_mult: float, window):
+    """The plan of the page's inputs, and a line saying what it erases (clear errors for bad inputs)."""
+    features = parse_feature_ids(feats_text)
+    if not settings and not features:
+        raise UserError("pick at least one concept or feature id to ablate")
+    if scores is None:
+        raise UserError(f"ablation needs concept scores: `saeuron score --cache {info.run}/cache.h5 --sae {info.saes[hookpoint]}`")
+    if features and f_mult >= 0:
+        raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {f_mult}")
+    if window[0] >= window[1]:
+        raise UserError(f"the step window {window} is empty; give from < to")
+    plan = build_plan(scores, settings, features, f_mult, window)
+    parts = [f"{t} ({p['percentile']:g} / {p['multiplier']:g}" + (f" / dominance {p['dominance']:g})" if p["dominance"] else ")")
+             for t, p in settings.items()] + [f"feature {f}" for f in features]
+    note = (f"ablated {', '.join(parts)} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps"
+            + (f" · feature multiplier {f_mult:g}" if features else ""))
+    return plan, note
+
+
+def run_ablation(sae, scores, prompt, seed, steps, cfg, settings, feats_text, f_mult, window) -> dict:
+    from saeuron.ablate import sample_with_ablation
     from saeuron.pipelines import to_uint8
 
     if not prompt:
         raise UserError("the prompt is empty; pick a style and object or type a prompt")
-    features = parse_feature_ids(feats_text)
-    if not concepts and not features:
-        raise UserError("pick at least one concept or feature id to ablate")
-    if scores is None:
-        raise UserError(f"ablation needs concept scores: `saeuron score --cache {info.run}/cache.h5 --sae {info.saes[hookpoint]}`")
-    if multiplier >= 0:
-        raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
-    if window[0] >= window[1]:
-        raise UserError(f"the step window {window} is empty; give from < to")
-    plan = AblationPlan()
-    if concepts:
-        plan = plan_ablation(scores, list(concepts), multiplier, percentile=percentile, step_window=window, min_dominance=dominance)
-    if features:
-        plan = merge_plans(plan, manual_plan(scores, features, multiplier, window))
+    plan, note = make_plan(scores, settings, feats_text, f_mult, window)
     pipe = get_pipeline(model)
     original = generate(model, (prompt,), (seed,), steps, cfg)
     edited = to_uint8(sample_with_ablation(pipe, sae, hookpoint, plan, [prompt], [seed], _sampler(steps, cfg),
                                            capture=sae_capture(info.saes[hookpoint])))
-    what = ", ".join(list(concepts) + [f"feature {f}" for f in features])
-    return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0],
-            "note": f"ablated {what} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps · multiplier {multiplier}"
-                    + (f" · minimum dominance {dominance}" if concepts and dominance > 0 else "")}
+    return {"prompt": prompt, "seed": seed, "original": original[0], "edited": edited[0], "note": note}
+
+
+# ---------------------------------------------------------------- the "everywhere" grid
+
+
+@st.cache_resource
+def base_grids() -> dict:
+    """Base-model grids already rendered, by (model, prompts, seed, steps, cfg): the 'before' is drawn once."""
+    return {}
+
+
+def render_grid(spec, seed: int, steps: int, cfg: float, edit, what: str) -> dict:
+    """The grid's images before (base model, cached) and after `edit(prompts, seeds)`, with a progress bar."""
+    from saeuron.pipelines import sample
+
+    pipe = get_pipeline(model)
+    seeds = [int(seed)] * len(spec.prompts)
+    key = (model, tuple(spec.prompts), int(seed), int(steps), float(cfg))
+    cached = base_grids().get(key)
+    total = len(spec.prompts) * (1 if cached is not None else 2)
+    bar = st.progress(0.0, text=f"rendering the grid: 0/{total} images")
+
+    def tick(offset):
+        return lambda done, _n: bar.progress((offset + done) / total, text=f"rendering the grid: {offset + done}/{total} images")
+
+    if cached is None:
+        cached = generate_in_chunks(lambda p, s: sample(pipe, p, s, _sampler(steps, cfg, 10)), spec.prompts, seeds, progress=tick(0))
+        if len(base_grids()) >= 8:
+            base_grids().clear()
+        base_grids()[key] = cached
+    after = generate_in_chunks(edit, spec.prompts, seeds, progress=tick(total - len(spec.prompts)))
+    bar.empty()
+    out = {"spec": spec, "seed": int(seed), "before": cached, "after": after, "note": what, "targets": []}
+    if is_minicanvas(model):
+        out["labels"] = (labels_dicts(cached), labels_dicts(after))
+    return out
+
+
+def labels_dicts(images_uint8: np.ndarray) -> list[dict]:
+    return [{"style": lab.style, "object": lab.object} for lab in labels_of(images_uint8)]
+
+
+def run_grid_ablation(sae, scores, concept_set, seed, steps, cfg, settings, feats_text, f_mult, window) -> dict:
+    from saeuron.ablate import sample_with_ablation
+
+    if concept_set is None:
+        raise UserError("the run has no labelled prompts to lay out as a grid (its cache is missing)")
+    plan, note = make_plan(scores, settings, feats_text, f_mult, window)
+    spec = grid_spec(concept_set)
+    capture = sae_capture(info.saes[hookpoint])
+    pipe = get_pipeline(model)
+    res = render_grid(spec, seed, steps, cfg, lambda p, s: sample_with_ablation(pipe, sae, hookpoint, plan, p, s, _sampler(steps, cfg, 10),
+                                                                               capture=capture), note)
+    res["targets"] = list(settings)
+    return res
+
+
+def show_grid(res: dict | None, after_title: str = "after erasing") -> None:
+    if not res:
+        return
+    import pandas as pd
+
+    spec = res["spec"]
+    st.markdown(f"**Everywhere** · {len(spec.prompts)} prompts · seed {res['seed']} · {res['note']}")
+    labels = res.get("labels")
+    marks = [judge_marks(spec, lab, ["style", "object"]) for lab in labels] if labels else [None, None]
+    c1, c2 = st.columns(2)
+    c1.image(labelled_grid(res["before"], spec, marks=marks[0]), caption="before (base model)")
+    c2.image(labelled_grid(res["after"], spec, marks=marks[1]), caption=after_title)
+    if labels:
+        st.caption("red frame: the classifier does not see the prompt's style or object in the image")
+        if res["targets"]:
+            st.dataframe(pd.DataFrame(grid_summary(spec, res["targets"], *labels)), hide_index=True, key=f"grid_summary_{after_title}")
+
+
+# ---------------------------------------------------------------- unlearned models of the run
+
+
+@st.cache_resource(show_spinner="loading the unlearned model")
+def get_unlearned(folder: str, mtime: float):
+    from saeuron.unlearn import load_unlearned
+
+    return load_unlearned(Path(folder), get_pipeline(model))
+
+
+def unlearned_section(concept_set, prompt, seed, steps, cfg) -> None:
+    """Base and unlearned images side by side, for any model `saeuron unlearn` wrote into the run (none: nothing shown)."""
+    folders = unlearned_folders(info.run)
+    if not folders:
+        return
+    st.subheader("Unlearned models of this run")
+    choice = st.selectbox("Unlearned model", [str(f) for f in folders], format_func=lambda f: Path(f).name, key="ul_folder")
+    try:
+        model_obj = get_unlearned(choice, _folder_mtime(choice))
+    except (UserError, OSError, ValueError) as err:
+        st.error(f"cannot load the unlearned model in {choice!r}: {err}")
+        return
+    st.caption(str(model_obj.summary))
+    c1, c2, _ = st.columns([1, 2, 3])
+    pipe = get_pipeline(model)
+    config = _sampler(int(steps), float(cfg), 10)
+    if c1.button("Generate with it", key="ul_run"):
+        st.session_state.ul_result = None
+        try:
+            if not prompt:
+                raise UserError("the prompt is empty; pick a style and object or type a prompt")
+            from saeuron.pipelines import to_uint8
+
+            edited = to_uint8(model_obj.generate(pipe, [prompt], [int(seed)], config))
+            st.session_state.ul_result = {"prompt": prompt, "seed": int(seed), "original": generate(model, (prompt,), (int(seed),), int(steps), float(cfg))[0],
+                                          "edited": edited[0], "note": f"unlearned model {Path(choice).name}"}
+        except UserError as err:
+            st.error(str(err))
+    if c2.button("Its whole grid", key="ul_grid"):
+        st.session_state.ul_grid = None
+        try:
+            if concept_set is None:
+                raise UserError("the run has no labelled prompts to lay out as a grid (its cache is missing)")
+            res = render_grid(grid_spec(concept_set), seed, steps, cfg, lambda p, s: model_obj.generate(pipe, p, s, config),
+                              f"unlearned model {Path(choice).name}")
+            st.session_state.ul_grid = res
+        except UserError as err:
+            st.error(str(err))
+    show_result(st.session_state.get("ul_result"), "Unlearned")
+    show_grid(st.session_state.get("ul_grid"), "unlearned model")
 
 
 def run_steering(sae, prompt, seed, steps, cfg, feature, value, mode, window) -> dict:
@@ -485,6 +721,10 @@ def run_page() -> None:
         st.dataframe([{"hookpoint": h, "width": w, "rows": store.rows[h]} for h, w in store.widths.items()], hide_index=True)
     for hp, folder in info.saes.items():
         st.markdown(f"**SAE** `{hp}` in `{folder}` · concept scores: {'yes' if hp in info.concepts else 'missing'}")
+        stored = stored_settings(info.run, hp, folder)
+        if stored:
+            st.dataframe([{"target": t, **{k: p[k] for k in ("percentile", "multiplier", "dominance", "selection", "firing", "source")}}
+                          for t, p in stored.items()], hide_index=True, key=f"stored_{hp}")
         metrics = folder / "metrics.json"
         if metrics.exists():
             try:

@@ -309,6 +309,215 @@ def parse_feature_ids(text: str) -> list[int]:
     return out
 
 
+# ---------------------------------------------------------------- the setting the run stored for each target
+
+
+def _read_json_or_empty(path: Path) -> dict:
+    try:
+        data = read_json(path, "JSON file")
+    except UserError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stored_settings(run: str | Path, hookpoint: str, sae_dir: str | Path | None = None) -> dict[str, dict]:
+    """target -> the ablation setting the run stored for it at this hookpoint, with where it came from.
+
+    In order of precedence: the SAE folder's tuned.json (`saeuron evaluate --tune-seeds`), then
+    the run's evaluations of this hookpoint (eval/*.json: the demo writes one per target, with
+    the fixed setting it used). Each setting holds the keys of `ablate.SETTING_DEFAULTS`, the
+    selection and firing rules it was made with, and `source` (a short phrase for the page).
+    """
+    from .ablate import SETTING_DEFAULTS, TUNED_FILE
+
+    def setting(record: dict, source: str) -> dict | None:
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), (int, float)) for k in ("percentile", "multiplier")):
+            return None
+        out = {k: float(record.get(k) if isinstance(record.get(k), (int, float)) else d) for k, d in SETTING_DEFAULTS.items()}
+        out.update(selection=str(record.get("selection") or "saeuron"), firing=str(record.get("firing") or "mean"), source=source)
+        return out
+
+    found: dict[str, dict] = {}
+    eval_dir = Path(run) / "eval"
+    files = sorted(eval_dir.glob("*.json"), key=lambda p: (p.name == "results.json", p.name)) if eval_dir.is_dir() else []
+    for path in reversed(files):  # per-target files win over the merged results.json
+        data = _read_json_or_empty(path)
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        if config.get("hookpoint") != hookpoint or not isinstance(data.get("targets"), dict):
+            continue
+        for target, record in data["targets"].items():
+            s = setting({**record, "selection": config.get("selection"), "firing": config.get("firing")},
+                        f"the run's evaluation ({path.relative_to(run)})")
+            if s is not None:
+                found[target] = s
+    if sae_dir is not None:
+        for target, record in _read_json_or_empty(Path(sae_dir) / TUNED_FILE).items():
+            seeds = record.get("tune_seeds") if isinstance(record, dict) else None
+            s = setting(record, f"tuned ({TUNED_FILE}" + (f", seeds {seeds})" if seeds else ")"))
+            if s is not None:
+                found[target] = s
+    return found
+
+
+def setting_for(stored: dict[str, dict], target: str) -> dict:
+    """The stored setting of a target, else the defaults (`ablate.SETTING_DEFAULTS`, source 'default')."""
+    from .ablate import SETTING_DEFAULTS
+
+    return stored.get(target) or {**SETTING_DEFAULTS, "selection": "saeuron", "firing": "mean", "source": "default"}
+
+
+def build_plan(scores, settings: dict[str, dict], features: list[int] = (), feature_multiplier: float = -1.0,
+               step_window: tuple[int, int] | None = None):
+    """One plan erasing each target with its own setting (see `stored_settings`) and hand-picked features."""
+    from .ablate import merge_plans, plan_ablation
+
+    plans = [plan_ablation(scores, [t], float(p["multiplier"]), percentile=float(p["percentile"]), step_window=step_window,
+                           selection=p.get("selection", "saeuron"), firing=p.get("firing", "mean"),
+                           min_dominance=float(p.get("dominance", 0.0))) for t, p in settings.items()]
+    if features:
+        if feature_multiplier >= 0:
+            raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {feature_multiplier}")
+        plans.append(manual_plan(scores, list(features), feature_multiplier, step_window))
+    return merge_plans(*plans)
+
+
+def feature_from_selection(selection, feature_ids) -> int | None:
+    """The feature of the row clicked in a dataframe (its selection state), or None when no row is selected."""
+    try:
+        rows = selection["selection"]["rows"]
+    except (KeyError, TypeError):
+        return None
+    if not rows or not 0 <= int(rows[0]) < len(feature_ids):
+        return None
+    return int(feature_ids[int(rows[0])])
+
+
+# ---------------------------------------------------------------- the "everywhere" grid
+
+
+@dataclass
+class GridSpec:
+    """The prompts of a whole grid, in row-major order, with its row and column labels (when it is a full product)."""
+
+    prompts: list[str]
+    truth: list[dict]  # per image, {kind: value}
+    n_cols: int
+    row_labels: list[str] = field(default_factory=list)
+    col_labels: list[str] = field(default_factory=list)
+    row_kind: str = ""
+    col_kind: str = ""
+
+
+def grid_spec(concept_set) -> GridSpec:
+    """The grid of a labelled prompt set: rows = values of the first kind, columns = the last kind's (minicanvas:
+    styles x objects). A set that is not a full product is tiled in its own order, without labels."""
+    rows = list(concept_set.rows)
+    kinds = list(concept_set.kinds)
+    if not rows:
+        raise UserError("the run's prompt set holds no labelled prompts to lay out as a grid")
+    if len(kinds) >= 2:
+        rk, ck = kinds[0], kinds[-1]
+        rv = list(dict.fromkeys(r[rk] for r in rows if r.get(rk)))
+        cv = list(dict.fromkeys(r[ck] for r in rows if r.get(ck)))
+        cell = {(r.get(rk), r.get(ck)): r for r in rows}
+        if all((a, b) in cell for a in rv for b in cv):
+            chosen = [cell[(a, b)] for a in rv for b in cv]
+            return GridSpec([r["prompt"] for r in chosen], [dict(r) for r in chosen], len(cv), rv, cv, rk, ck)
+    n_cols = max(1, min(10, int(np.ceil(np.sqrt(len(rows))))))
+    return GridSpec([r["prompt"] for r in rows], [dict(r) for r in rows], n_cols)
+
+
+def labelled_grid(images_uint8: np.ndarray, spec: GridSpec, scale: int = 3, marks: list[bool] | None = None) -> np.ndarray:
+    """Tile images (N x H x W x 3 uint8) as the spec lays them out, with row and column labels, and a red frame
+    around each marked image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, h, w, _ = images_uint8.shape
+    h, w = h * scale, w * scale
+    pad = 2
+    n_cols = spec.n_cols
+    n_rows = -(-n // n_cols)
+    try:
+        font = ImageFont.load_default(size=max(11, 7 * scale))
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    left = max([int(font.getlength(t)) for t in spec.row_labels] + [0]) + 8 if spec.row_labels else 0
+    top = int(font.size * 1.6) if spec.col_labels and hasattr(font, "size") else (14 if spec.col_labels else 0)
+    canvas = Image.new("RGB", (left + n_cols * (w + pad) + pad, top + n_rows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images_uint8):
+        r, c = divmod(i, n_cols)
+        x, y = left + pad + c * (w + pad), top + pad + r * (h + pad)
+        canvas.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (x, y))
+        if marks is not None and marks[i]:
+            draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(230, 0, 0), width=3)
+    for c, label in enumerate(spec.col_labels):
+        x = left + pad + c * (w + pad) + w / 2
+        text = label if font.getlength(label) <= w else label[: max(1, int(len(label) * w / font.getlength(label)) - 1)] + "."
+        draw.text((x - font.getlength(text) / 2, max(1, top // 5)), text, fill="black", font=font)
+    for r, label in enumerate(spec.row_labels):
+        draw.text((4, top + pad + r * (h + pad) + (h - getattr(font, "size", 10)) / 2), label, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def generate_in_chunks(make, prompts: list[str], seeds: list[int], chunk: int = 10, progress=None) -> np.ndarray:
+    """uint8 images of every (prompt, seed) pair, generated `chunk` at a time by `make(prompts, seeds)` (a tensor
+    N x 3 x H x W in [0, 1]); `progress(done, total)` after each chunk."""
+    from .pipelines import to_uint8
+
+    out = []
+    for start in range(0, len(prompts), chunk):
+        out.append(to_uint8(make(prompts[start:start + chunk], seeds[start:start + chunk])))
+        if progress is not None:
+            progress(min(start + chunk, len(prompts)), len(prompts))
+    return np.concatenate(out)
+
+
+def grid_summary(spec: GridSpec, targets: list[str], before: list[dict], after: list[dict]) -> list[dict]:
+    """Per erased target, counted over the grid's images from the judge's labels (before / after):
+    its images still recognised as it (UA's complement), other images of its kind keeping their label (IRA),
+    and images of no target keeping their labels of the other kinds (CRA)."""
+    from .concept_set import Concept
+
+    erased = [Concept.parse(t) for t in targets]
+    free = [i for i, truth in enumerate(spec.truth) if not any(truth.get(e.kind) == e.value for e in erased)]
+
+    def count(labels, idx, kind) -> str:
+        idx = [i for i in idx if spec.truth[i].get(kind)]
+        return f"{sum(labels[i].get(kind) == spec.truth[i][kind] for i in idx)}/{len(idx)}"
+
+    rows = []
+    for c in erased:
+        mine = [i for i, truth in enumerate(spec.truth) if truth.get(c.kind) == c.value]
+        others = sorted({k for i in free for k, v in spec.truth[i].items() if k not in ("prompt", c.kind) and v})
+        row = {"target": str(c), "recognised as it (before → after)": f"{count(before, mine, c.kind)} → {count(after, mine, c.kind)}",
+               f"other {c.kind}s kept": f"{count(before, free, c.kind)} → {count(after, free, c.kind)}"}
+        for k in others:
+            row[f"{k} kept"] = f"{count(before, free, k)} → {count(after, free, k)}"
+        rows.append(row)
+    return rows
+
+
+def judge_marks(spec: GridSpec, labels: list[dict], kinds: list[str]) -> list[bool]:
+    """Per image, whether the judge's label of any of these kinds differs from its prompt's."""
+    return [any(t.get(k) and lab.get(k) != t[k] for k in kinds) for t, lab in zip(spec.truth, labels)]
+
+
+# ---------------------------------------------------------------- unlearned models of the run
+
+
+def unlearned_folders(run: str | Path) -> list[Path]:
+    """The run's unlearned-model folders (`saeuron unlearn`), [] when there are none or saeuron.unlearn is absent."""
+    try:
+        from .unlearn import find_unlearned
+    except ImportError:
+        return []
+    try:
+        return list(find_unlearned(Path(run)))
+    except (UserError, OSError):
+        return []
+
+
 # ---------------------------------------------------------------- CLI
 
 

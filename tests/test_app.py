@@ -69,6 +69,32 @@ def _texts(at) -> str:
     return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader])
 
 
+def _axis_types(at, key: str) -> dict:
+    """The x and y axis types of the page's plotly chart with this key."""
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        if el.proto.id and key in el.proto.id:
+            layout = spec["layout"]
+            return {a: layout.get(f"{a}axis", {}).get("type") for a in ("x", "y")}
+    raise AssertionError(f"no plotly chart {key!r}")
+
+
+def with_stored_settings(app_run: Path, dest: Path) -> Path:
+    """A copy of the app run where the demo's evaluation stored neon's setting and tuned.json star's."""
+    shutil.copytree(app_run, dest)
+    (dest / "eval").mkdir()
+    config = {"hookpoint": HP, "selection": "saeuron", "firing": "mean"}
+    (dest / "eval" / "style-neon.json").write_text(json.dumps(
+        {"targets": {"style:neon": {"UA": 90.0, "percentile": 95.5, "multiplier": -7.0, "dominance": 0.0}}, "config": config}))
+    (dest / "eval" / "results.json").write_text(json.dumps(  # the demo's merge: its hookpoint is "per target"
+        {"targets": {"style:neon": {"percentile": 1.0, "multiplier": -1.0}}, "config": {**config, "hookpoint": "per target"}}))
+    (dest / "eval" / "other.json").write_text(json.dumps(  # another hookpoint's evaluation: not this SAE's setting
+        {"targets": {"object:ring": {"percentile": 90.0, "multiplier": -3.0}}, "config": {**config, "hookpoint": "elsewhere"}}))
+    (dest / "saes" / HP / "tuned.json").write_text(json.dumps(
+        {"object:star": {"percentile": 96.0, "multiplier": -5.0, "dominance": 1.5, "tune_seeds": [100]}}))
+    return dest
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -143,6 +169,110 @@ def test_manual_plan_and_bad_ids(app_run):
         manual_plan(scores, [999], -1.0)
 
 
+def test_stored_settings(app_run, tmp_path):
+    from saeuron.ablate import SETTING_DEFAULTS
+    from saeuron.app import build_plan, setting_for, stored_settings
+    from saeuron.ablate import plan_ablation
+    from saeuron.concepts import ConceptScores
+
+    assert stored_settings(app_run, HP, app_run / "saes" / HP) == {}
+    run = with_stored_settings(app_run, tmp_path / "run")
+    stored = stored_settings(run, HP, run / "saes" / HP)
+    assert set(stored) == {"style:neon", "object:star"}  # not the other hookpoint's ring
+    neon, star = stored["style:neon"], stored["object:star"]
+    assert (neon["percentile"], neon["multiplier"], neon["dominance"]) == (95.5, -7.0, 0.0)
+    assert "eval/style-neon.json" in neon["source"]
+    assert (star["percentile"], star["multiplier"], star["dominance"]) == (96.0, -5.0, 1.5) and "tuned" in star["source"]
+    default = setting_for(stored, "object:ring")
+    assert {k: default[k] for k in SETTING_DEFAULTS} == SETTING_DEFAULTS and default["source"] == "default"
+    # tuned.json wins over the evaluation
+    (run / "saes" / HP / "tuned.json").write_text(json.dumps({"style:neon": {"percentile": 97.0, "multiplier": -2.0}}))
+    assert stored_settings(run, HP, run / "saes" / HP)["style:neon"]["percentile"] == 97.0
+    (run / "saes" / HP / "tuned.json").write_text("not json")  # unreadable files are skipped
+    assert stored_settings(run, HP, run / "saes" / HP)["style:neon"]["percentile"] == 95.5
+
+    scores = ConceptScores.load(app_run / "saes" / HP / "concepts.h5")
+    plan = build_plan(scores, {"style:neon": neon, "object:star": star}, [3], -2.0, (0, 4))
+    alone = [plan_ablation(scores, ["style:neon"], -7.0, percentile=95.5), plan_ablation(scores, ["object:star"], -5.0, percentile=96.0, min_dominance=1.5)]
+    for step, sa in plan.steps.items():
+        expect = {3} | {f for p in alone if step in p.steps for f in p.steps[step].features.tolist()}
+        assert set(sa.features.tolist()) == expect
+
+
+def test_grid_helpers(app_run):
+    from saeuron.app import feature_from_selection, grid_spec, grid_summary, judge_marks, labelled_grid
+    from saeuron.concept_set import ConceptSet
+    from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES
+
+    spec = grid_spec(ConceptSet.minicanvas())
+    assert (spec.row_labels, spec.col_labels, spec.n_cols) == (list(STYLE_NAMES), list(OBJECTS), len(OBJECTS))
+    assert spec.truth[len(OBJECTS) + 1] == {**spec.truth[len(OBJECTS) + 1], "style": STYLE_NAMES[1], "object": OBJECTS[1]}
+    imgs = np.zeros((len(spec.prompts), 32, 32, 3), np.uint8)
+    marks = [False] * len(spec.prompts)
+    marks[3] = True
+    grid = labelled_grid(imgs, spec, scale=2, marks=marks)
+    assert grid.shape[0] > 10 * 64 and grid.shape[1] > 10 * 64 and grid.dtype == np.uint8
+    assert (grid[..., 0] > 200).any()  # the red frame
+    # a set that is not a full product is tiled without labels
+    partial = ConceptSet.from_rows([{"prompt": "a", "style": "x", "object": "o"}, {"prompt": "b", "style": "y", "object": "p"}],
+                                   "two", kinds=("style", "object"))
+    assert grid_spec(partial).row_labels == [] and grid_spec(partial).prompts == ["a", "b"]
+
+    truth = [{k: t[k] for k in ("style", "object")} for t in spec.truth]
+    after = [dict(t, style="ocean") if t["style"] == "neon" else t for t in truth]  # neon erased, everything else kept
+    assert sum(judge_marks(spec, after, ["style", "object"])) == len(OBJECTS)
+    row = grid_summary(spec, ["style:neon"], truth, after)[0]
+    n_other = len(truth) - len(OBJECTS)
+    assert row["recognised as it (before → after)"] == f"{len(OBJECTS)}/{len(OBJECTS)} → 0/{len(OBJECTS)}"
+    assert row["other styles kept"] == f"{n_other}/{n_other} → {n_other}/{n_other}"
+    assert row["object kept"] == f"{n_other}/{n_other} → {n_other}/{n_other}"
+
+    assert feature_from_selection({"selection": {"rows": [2], "columns": []}}, [9, 8, 7]) == 7
+    assert feature_from_selection({"selection": {"rows": []}}, [9, 8, 7]) is None
+    assert feature_from_selection(None, [1]) is None and feature_from_selection({"selection": {"rows": [5]}}, [1]) is None
+
+
+def test_unlearned_folders(app_run, tmp_path):
+    from saeuron.app import unlearned_folders
+
+    assert unlearned_folders(app_run) == []  # none written (or saeuron.unlearn not there yet): the page shows nothing
+
+
+def test_ablate_page_unlearned_models(app_run, tmp_path, monkeypatch):
+    """Any unlearned-model folder of the run can be chosen; its images stand beside the base model's."""
+    unlearn = pytest.importorskip("saeuron.unlearn")
+    from saeuron.app import unlearned_folders
+
+    run = tmp_path / "run"
+    shutil.copytree(app_run, run)
+    for name in ("esd-star", "uce-neon"):
+        (run / "unlearned" / name).mkdir(parents=True)
+        (run / "unlearned" / name / "unlearn.json").write_text(json.dumps({"method": name[:3], "targets": ["object:star"]}))
+    assert [f.name for f in unlearned_folders(run)] == ["esd-star", "uce-neon"]
+
+    class Fake:  # the interface the page codes against: .summary and .generate(pipe, prompts, seeds, config)
+        def __init__(self, folder):
+            self.folder = folder
+            self.summary = f"fake method: object:star ({folder.name})"
+
+        def generate(self, pipe, prompts, seeds, config):
+            return torch.zeros(len(prompts), 3, 32, 32)  # black images
+
+    monkeypatch.setattr(unlearn, "load_unlearned", lambda folder, pipe=None: Fake(Path(folder)))
+    at = _app(run)
+    at.session_state["page"] = "Ablate"
+    at.run()
+    _clean(at)
+    assert [Path(o).name for o in at.selectbox(key="ul_folder").options] == ["esd-star", "uce-neon"]
+    at.selectbox(key="ul_folder").set_value(str(run / "unlearned" / "uce-neon"))
+    at.number_input(key="ab_steps").set_value(2)
+    at.button(key="ul_run").click().run()
+    _clean(at)
+    text = _texts(at)
+    assert "fake method: object:star (uce-neon)" in text
+    assert "Unlearned: a circle in sunset style · seed 0" in text and "Original: a circle in sunset style · seed 0" in text
+
+
 def test_cli_parser():
     from saeuron.app import _cmd_app, register_cli, run_dir_from_argv
 
@@ -185,6 +315,7 @@ def test_features_page(app_run):
     scores = ConceptScores.load(app_run / "saes" / HP / "concepts.h5")
     top_c = scores.concepts[int(np.argmax(scores.scores[:, :, 5].max(1)))]
     assert f"top concept of feature 5: {top_c} " in _texts(at)
+    assert _axis_types(at, "per_concept_t") == {"x": "category", "y": "category"}  # timesteps are names, not a scale
     at.text_input(key="concept_filter").set_value("style:").run()
     _clean(at)
     assert all(c.startswith("style:") for c in at.dataframe[0].value["top_concept"])
@@ -205,6 +336,23 @@ def test_concepts_page(app_run):
     assert f"best feature overall: {best} " in _texts(at)
     sel = at.dataframe[0].value
     assert list(sel["timestep"]) == scores.timesteps.tolist()
+    # feature ids on a category axis: 30 columns, not bands over a numeric range
+    assert _axis_types(at, "concept_heat")["x"] == "category"
+    top = at.dataframe[1].value
+    assert len(top) == 30 and top["feature"].iloc[0] == best
+    assert list(top["best score"]) == sorted(top["best score"], reverse=True)
+
+
+def test_concepts_page_starts_from_stored_setting(app_run, tmp_path):
+    run = with_stored_settings(app_run, tmp_path / "run")
+    at = _app(run)
+    at.session_state["page"] = "Concepts"
+    at.run()
+    at.selectbox(key="concept").set_value("style:neon").run()
+    _clean(at)
+    assert at.number_input(key="concept_percentile:style:neon").value == 95.5
+    at.selectbox(key="concept").set_value("object:ring").run()
+    assert at.number_input(key="concept_percentile:object:ring").value == 99.7  # nothing stored: the default
 
 
 def test_ablate_page(app_run):
@@ -216,16 +364,19 @@ def test_ablate_page(app_run):
     at.session_state["page"] = "Ablate"
     at.run()
     _clean(at)
+    assert at.multiselect(key=f"ab_concepts:{HP}").value == []  # nothing stored: no target chosen
     at.selectbox(key="ab_style").set_value("neon")
     at.selectbox(key="ab_object").set_value("star")
     at.number_input(key="ab_steps").set_value(6)
-    at.multiselect(key="ab_concepts").set_value(["style:neon"])
-    at.number_input(key="ab_pct").set_value(95.0)
+    at.multiselect(key=f"ab_concepts:{HP}").set_value(["style:neon"]).run()
+    assert at.number_input(key=f"ab_pct:{HP}:style:neon").value == 99.7  # the default setting
+    assert at.number_input(key=f"ab_mult:{HP}:style:neon").value == -1.0
+    at.number_input(key=f"ab_pct:{HP}:style:neon").set_value(95.0)
     at.button(key="ab_run").click().run()
     _clean(at)
     n = plan_ablation(scores, ["style:neon"], -1.0, percentile=95.0, step_window=(0, 4)).n_features()
     text = _texts(at)
-    assert f"ablated style:neon · {n} (step, feature) pairs" in text
+    assert f"ablated style:neon (95 / -1) · {n} (step, feature) pairs" in text
     assert "Original: a star in neon style · seed 0 → classifier:" in text
     assert "Ablated: a star in neon style · seed 0 → classifier:" in text
 
@@ -235,7 +386,7 @@ def test_ablate_page(app_run):
     assert "steered feature 7 · add 10.0" in _texts(at)
 
     # bad values: one clear error each, no traceback
-    at.multiselect(key="ab_concepts").set_value([])
+    at.multiselect(key=f"ab_concepts:{HP}").set_value([])
     at.text_input(key="ab_features").set_value("4, oops")
     at.button(key="ab_run").click().run()
     assert not at.exception and "'oops' is not an integer" in at.error[0].value
@@ -246,6 +397,32 @@ def test_ablate_page(app_run):
     at.number_input(key="ab_mult").set_value(2.0)
     at.button(key="ab_run").click().run()
     assert not at.exception and "must be negative" in at.error[0].value
+
+
+def test_ablate_page_everywhere_from_stored_setting(app_run, tmp_path):
+    """The run's targets and their stored settings are where the page starts; the whole grid renders before/after."""
+    from saeuron.minicanvas.world import OBJECTS, STYLE_NAMES
+
+    run = with_stored_settings(app_run, tmp_path / "run")
+    at = _app(run)
+    at.session_state["page"] = "Ablate"
+    at.run()
+    _clean(at)
+    assert at.multiselect(key=f"ab_concepts:{HP}").value == ["style:neon", "object:star"]
+    assert at.number_input(key=f"ab_pct:{HP}:style:neon").value == 95.5
+    assert at.number_input(key=f"ab_mult:{HP}:style:neon").value == -7.0
+    assert at.number_input(key=f"ab_dom:{HP}:object:star").value == 1.5
+    assert any("tuned (tuned.json, seeds [100])" in c.value for c in at.caption)
+    at.multiselect(key=f"ab_concepts:{HP}").set_value(["style:neon"])
+    at.number_input(key="ab_steps").set_value(1)
+    at.button(key="ab_grid").click().run()
+    _clean(at)
+    n = len(STYLE_NAMES) * len(OBJECTS)
+    assert f"**Everywhere** · {n} prompts · seed 0 · ablated style:neon (95.5 / -7)" in _texts(at)
+    summary = at.dataframe[-1].value
+    assert summary["target"].tolist() == ["style:neon"]
+    assert summary["recognised as it (before → after)"].iloc[0].endswith(f"/{len(OBJECTS)}")
+    assert len(at.get("image")) >= 2  # before and after
 
 
 def test_run_page(app_run):
