@@ -244,6 +244,10 @@ class AblationSite:
                                        firing=self.firing, min_dominance=p.get("dominance", SETTING_DEFAULTS["dominance"])))
         return merge_plans(*plans)
 
+    def describe(self) -> dict:
+        """What results.json records of the site."""
+        return {"hookpoint": self.hookpoint, "selection": self.selection, "firing": self.firing}
+
     def sample(self, pipe, plan: AblationPlan, prompts, seeds, config) -> torch.Tensor:
         """Generate with the plan applied at this SAE's hookpoint."""
         return sample_with_ablation(pipe, self.sae, self.hookpoint, plan, prompts, seeds, config, capture=self.capture)

@@ -28,10 +28,13 @@ def save_images(images: torch.Tensor, prompts: Sequence[str], seeds: Sequence[in
     return index
 
 
-def generate_to_dir(pipe, prompts: Sequence[str], seeds: Sequence[int], config: SamplerConfig, out: Path, on_step=None) -> list[dict]:
-    """Generate every prompt x seed and save it to `out`."""
+def generate_to_dir(pipe, prompts: Sequence[str], seeds: Sequence[int], config: SamplerConfig, out: Path, on_step=None,
+                    draw=None) -> list[dict]:
+    """Generate every prompt x seed and save it to `out`; `draw(prompts, seeds)` replaces plain sampling (ablation, an
+    unlearned model)."""
     pairs = [(p, s) for p in prompts for s in seeds]
-    images = sample(pipe, [p for p, _ in pairs], [s for _, s in pairs], config, on_step=on_step)
+    draw = draw or (lambda ps, ss: sample(pipe, ps, ss, config, on_step=on_step))
+    images = draw([p for p, _ in pairs], [s for _, s in pairs])
     return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], out)
 
 
@@ -105,12 +108,22 @@ def _cmd_generate(args) -> None:
     device, dtype = device_from_args(args)
     if args.ablate and not args.sae:
         raise UserError("--ablate needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
+    if args.unlearned and args.sae:
+        raise UserError("give --sae (SAeUron's ablation) or --unlearned (a folder from `saeuron unlearn`), not both")
+    unlearned = None
+    if args.unlearned:
+        from .unlearn import load_unlearned
+
+        unlearned = load_unlearned(args.unlearned)
     targets = parse_concepts(args.ablate) if args.ablate else []
     out = check_output(args.out, "output folder", folder=True)
     if (out / "index.json").exists():
         raise UserError(f"output folder {str(out)!r} already holds generated images (index.json); choose another --out")
     pipe = load_pipeline(args.model, dtype, device)
-    if args.sae:
+    if unlearned is not None:
+        unlearned = load_unlearned(args.unlearned, pipe)  # now also checked against the base model
+        index = generate_to_dir(pipe, prompts, seeds, config, Path(args.out), draw=lambda ps, ss: unlearned.generate(pipe, ps, ss, config))
+    elif args.sae:
         index = _generate_ablated(pipe, prompts, seeds, config, targets, args)
     else:
         index = generate_to_dir(pipe, prompts, seeds, config, Path(args.out))
@@ -123,9 +136,7 @@ def _generate_ablated(pipe, prompts, seeds, config, targets, args) -> list[dict]
 
     site = load_ablation_site(args.sae, pipe, args.selection, args.firing)
     plan = site.plan(targets, multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance)
-    pairs = [(p, s) for p in prompts for s in seeds]
-    images = site.sample(pipe, plan, [p for p, _ in pairs], [s for _, s in pairs], config)
-    return save_images(images, [p for p, _ in pairs], [s for _, s in pairs], Path(args.out))
+    return generate_to_dir(pipe, prompts, seeds, config, Path(args.out), draw=lambda ps, ss: site.sample(pipe, plan, ps, ss, config))
 
 
 def _cmd_classify(args) -> None:
@@ -156,6 +167,7 @@ def register_cli(sub) -> None:
     p.add_argument("--seeds", default="0", help="seeds: 0,1,2 or 0-7")
     p.add_argument("--out", required=True, help="output folder")
     add_sampler_args(p)
+    p.add_argument("--unlearned", help="generate as an unlearned model: a folder written by `saeuron unlearn` (any method)")
     p.add_argument("--sae", help="SAE folder (with concepts.h5) for --ablate")
     p.add_argument("--ablate", help="concepts to erase, KIND:VALUE[,KIND:VALUE...] (any concept of the SAE's scores, e.g. style:neon,object:star)")
     p.add_argument("--multiplier", type=MULTIPLIER, help="SAeUron's negative multiplier gamma (default: the tuned value of each target, else -1)")

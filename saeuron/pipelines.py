@@ -166,6 +166,22 @@ def _unet_conditions(pipe, prompts: list[str], height: int, width: int) -> dict:
     }
 
 
+def half_conditions(cond: dict, half: int) -> dict:
+    """One half (0: unconditional, 1: conditional) of the UNet's keyword arguments for a CFG batch."""
+    def pick(v):
+        if isinstance(v, dict):
+            return {k: pick(x) for k, x in v.items()}
+        return v.chunk(2)[half]
+    return {k: pick(v) for k, v in cond.items()}
+
+
+def prompt_conditions(pipe, prompts: Sequence[str], height: int | None = None, width: int | None = None) -> dict:
+    """The UNet's keyword arguments for these prompts alone (no unconditional half), at the model's native size by default."""
+    check_prompts(pipe, list(prompts))
+    dh, dw = default_size(pipe)
+    return half_conditions(_unet_conditions(pipe, list(prompts), height or dh, width or dw), 1)
+
+
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Starting noise in `dtype` (None: the UNet's), one generator per seed, so an image does not depend on its batch."""
     family = model_family(pipe)
@@ -225,11 +241,15 @@ def sample(
     config: SamplerConfig = SamplerConfig(),
     on_step: StepCallback | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
+    decode: bool = True,
 ) -> torch.Tensor:
     """Generate one image per (prompt, seed) pair with DDIM and CFG: N x 3 x H x W in [0, 1].
 
     `on_batch(start)` is called before each batch with the index of its first pair;
-    `on_step(step_index, timestep)` before each UNet call.
+    `on_step(step_index, timestep)` before each UNet call; `on_latents(step_index, timestep,
+    x_t)` with the batch's latents before each step (unlearning methods collect trajectories
+    with it). `decode=False` returns the final latents (on the model's device) instead of images.
     """
     prompts = list(prompts)
     seeds = [int(s) for s in seeds]
@@ -259,12 +279,14 @@ def sample(
         noise = initial_latents(pipe, seeds[start : start + config.batch_size], height, width, cond["encoder_hidden_states"].dtype)
         latents = noise * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
+            if on_latents is not None:
+                on_latents(i, int(t), latents)
             if on_step is not None:
                 on_step(i, int(t))
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps = _guide(pipe.unet(model_in, t, **cond).sample, config.cfg, cond_only)
             latents = scheduler.step(eps, t, latents).prev_sample
-        out.append(_decode(pipe, latents))
+        out.append(_decode(pipe, latents) if decode else latents)
     return torch.cat(out)
 
 

@@ -1,0 +1,213 @@
+"""Every unlearning method on the same targets and seeds: writes benchmarks/METHODS.md and a PNG grid per method.
+
+    python scripts/bench_methods.py [--run activations/methods] [--methods saeuron,esd-x,...] [--eval-seeds 300-304]
+
+For each method and each target (3 styles, 3 objects, fixed below), `saeuron unlearn` writes an
+unlearned-model folder (default settings, seed 0) and `evaluate --unlearned` measures UA / IRA /
+CRA, fidelity (Frechet distance on classifier features, changed-label share on kept prompts) on
+the evaluation seeds, which no choice of any method looked at. SAeUron first builds a run like the
+demo's (cache seeds 0-3, one SAE per hookpoint), tunes each target on the tuning seeds, and is
+reported twice: as the paper (`saeuron`: styles at the fixed setting 99.7 / -1; objects tuned over
+the grid) and as this project's variant (`saeuron-specific`: styles with the `specific` selection
+and a minimum dominance tuned per style). Every step resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from saeuron.cli_args import parse_seeds  # noqa: E402
+from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
+from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
+from saeuron.ablate import TUNED_FILE, load_ablation_site  # noqa: E402
+from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, run_unlearned_evaluation, tune_target  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
+from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
+
+TARGETS = ["style:neon", "style:ocean", "style:lava", "object:star", "object:ring", "object:heart"]
+# name -> (method, settings, SAeUron's selection rule and tuned grid per kind)
+VARIANTS = {
+    "saeuron": ("saeuron", "saeuron", {"style": None, "object": TUNING_GRID}),
+    "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
+                                                 "object": TUNING_GRID}),
+    "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
+    "ca": ("ca", None, None), "spm": ("spm", None, None),
+}
+PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
+    "saeuron": (95.80, 99.10, 99.40, 87.16, 85.57, 74.14), "esd-x": (98.58, 80.97, 93.96, 92.15, 55.78, 44.23),
+    "uce": (98.40, 60.22, 47.71, 94.31, 39.35, 34.67), "ca": (60.82, 96.01, 92.70, 46.67, 90.11, 81.97),
+    "spm": (60.94, 92.39, 84.33, 71.25, 90.79, 81.65),
+}
+
+
+def slug(target: str) -> str:
+    return target.replace(":", "-")
+
+
+def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int], sampler) -> list[str]:
+    """Tune SAeUron's setting for the target on the tuning seeds (into the SAE folder's tuned.json, as `evaluate
+    --tune-seeds` does) and return the settings of its unlearned folder; each variant tunes its own copy of the SAE."""
+    import shutil
+
+    kind = Concept.parse(target).kind
+    hookpoint = STYLE_HOOKPOINT if kind == "style" else OBJECT_HOOKPOINT
+    _, selection, grids = VARIANTS[name]
+    sae = run / "saes" / f"{hookpoint}.{name}"
+    if not sae.exists():
+        shutil.copytree(run / "saes" / hookpoint, sae, ignore=shutil.ignore_patterns("checkpoints"))
+    grid = grids[kind]
+    if grid is None:  # the paper's fixed style setting
+        return [f"sae={sae}", "percentile=99.7", "multiplier=-1", "dominance=0", f"selection={selection}"]
+    site = load_ablation_site(sae, pipe, selection)
+    if target not in site.tuned:  # SAeUron's per-target search on the tuning seeds alone
+        best = tune_target(pipe, site, target, tune_seeds, sampler, grid)
+        site.tuned[target] = {**best, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}
+        (sae / TUNED_FILE).write_text(json.dumps(site.tuned, indent=1))
+    return [f"sae={sae}", f"selection={selection}"]
+
+
+def time_ratio(pipe, unlearned, sampler, n: int = 50) -> float:
+    """Unlearned / plain generation time for the same n prompts, best of two, interleaved."""
+    prompts, seeds = ["a star in neon style"] * n, list(range(n))
+    plain, edited = [], []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        sample(pipe, prompts, seeds, sampler)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        unlearned.generate(pipe, prompts, seeds, sampler)
+        edited.append(time.perf_counter() - t0)
+    return min(edited) / min(plain)
+
+
+def grid_png(pipe, name: str, folders: dict[str, Path], sampler, path: Path, seed: int) -> None:
+    """Per target: the same 6 prompts (3 of the target, 3 kept) before (upper row) and after (lower row)."""
+    from PIL import Image
+
+    rows = []
+    for target, folder in folders.items():
+        c = Concept.parse(target)
+        if c.kind == "style":
+            prompts = [f"a {o} in {c.value} style" for o in ("star", "ring", "moon")] + [f"a {o} in sunset style" for o in ("star", "ring", "moon")]
+        else:
+            prompts = [f"a {c.value} in {s} style" for s in ("neon", "ocean", "sketch")] + [f"a moon in {s} style" for s in ("neon", "ocean", "sketch")]
+        seeds = [seed] * len(prompts)
+        rows.append(to_uint8(sample(pipe, prompts, seeds, sampler)))
+        rows.append(to_uint8(load_unlearned(folder, pipe).generate(pipe, prompts, seeds, sampler)))
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
+def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
+    cmd = "python scripts/bench_methods.py " + " ".join(sys.argv[1:])
+    lines = ["# Unlearning methods side by side on minicanvas", "",
+             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Targets {', '.join(TARGETS)}; every method at its "
+             f"default setting (`saeuron unlearn --method M --show`), seed 0; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} "
+             f"(UnlearnCanvas metrics by the minicanvas classifier over the 110-prompt grid), which no setting of any method "
+             "looked at. SAeUron tuned on seeds " + args.tune_seeds + ", cached on seeds " + args.cache_seeds + ". "
+             "Fidelity on kept prompts: Frechet distance of classifier features, share of images whose labels changed. "
+             "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE).", "",
+             "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | Frechet | changed labels | unlearn time (s/target) | generation time / plain | storage (MB/target) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in table.items():
+        rows = list(t["targets"].values())
+        styles = [r for k, r in t["targets"].items() if k.startswith("style:")]
+        objects = [r for k, r in t["targets"].items() if k.startswith("object:")]
+        cells = [f"{mean_of(styles, k):.1f}" for k in ("UA", "IRA", "CRA")] + [f"{mean_of(objects, k):.1f}" for k in ("UA", "IRA", "CRA")]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean_of(rows, 'frechet'):.2f} | {mean_of(rows, 'changed'):.1f}% | "
+                     f"{mean_of(rows, 'wall_time_s'):.1f} | {t.get('time_ratio', float('nan')):.2f} | {mean_of(rows, 'storage_mb'):.2f} |")
+    lines += ["", "Per target (UA / IRA / CRA):", "", "| method | " + " | ".join(TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
+    for name, t in table.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{t['targets'][x]['UA']:.0f} / {t['targets'][x]['IRA']:.0f} / {t['targets'][x]['CRA']:.0f}" if x in t["targets"] else "" for x in TARGETS) + " |")
+    lines += ["", "## Published UnlearnCanvas rows (Stable Diffusion 1.5, 50 styles x 20 objects: not comparable in absolute terms)", "",
+              "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in PUBLISHED.items()]
+    lines += ["", "ESD-u has no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x). Grids: `benchmarks/methods/<method>.png` "
+              "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept)."]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "activations" / "methods")
+    p.add_argument("--methods", default=",".join(VARIANTS))
+    p.add_argument("--cache-seeds", default="0-3")
+    p.add_argument("--tune-seeds", default="100-101")
+    p.add_argument("--eval-seeds", default="300-304")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "METHODS.md")
+    args = p.parse_args()
+    names = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in names if m not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(VARIANTS)}")
+    eval_seeds, tune_seeds, cache_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds), parse_seeds(args.cache_seeds)
+    if set(eval_seeds) & (set(tune_seeds) | set(cache_seeds)):
+        raise SystemExit("evaluation seeds must be disjoint from cache and tuning seeds")
+    pipe = load_pipeline()
+    sampler = resolve_sampler(pipe, SamplerConfig())
+    concept_set = ConceptSet.minicanvas()
+    run = args.run
+    base_path = run / "base_images.pt"
+    if base_path.exists():
+        base_images = torch.load(base_path)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)
+        torch.save(base_images, base_path)
+    if any(VARIANTS[n][0] == "saeuron" for n in names):
+        build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe)
+    table = json.loads((run / "table.json").read_text()) if (run / "table.json").exists() else {}
+    for name in names:
+        method = VARIANTS[name][0]
+        entry = table.setdefault(name, {"targets": {}})
+        folders = {}
+        for target in TARGETS:
+            folder = run / "unlearned" / name / slug(target)
+            folders[target] = folder
+            if not (folder / "unlearn.json").exists():
+                settings = sae_settings(pipe, run, name, target, tune_seeds, sampler) if method == "saeuron" else []
+                sae = next((s.split("=", 1)[1] for s in settings if s.startswith("sae=")), None)
+                settings = [s for s in settings if not s.startswith("sae=")]
+                print(f"[{name}] unlearning {target}", flush=True)
+                unlearn(method, [target], folder, pipe, "minicanvas", concept_set, 0, settings, sae=sae, log=lambda s: None)
+            if target in entry["targets"]:
+                continue
+            record = json.loads((folder / "unlearn.json").read_text())
+            res = run_unlearned_evaluation(folder, eval_seeds, sampler, run / "eval" / name / f"{slug(target)}.json", None, pipe,
+                                           base_images=base_images)
+            m = res["targets"][target]
+            storage = record["storage_bytes"] if method != "saeuron" else sum(
+                f.stat().st_size for f in Path(record["sae"]).glob("*.safetensors"))
+            entry["targets"][target] = {"UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "frechet": m["fidelity"]["frechet_classifier_features"],
+                                        "changed": m["fidelity"]["changed_label_share"], "wall_time_s": record["wall_time_s"],
+                                        "storage_mb": storage / 1e6, "params": record["params"]}
+            print(f"[{name}] {target}: UA {m['UA']:.1f} IRA {m['IRA']:.1f} CRA {m['CRA']:.1f}", flush=True)
+            (run / "table.json").write_text(json.dumps(table, indent=1))
+        if "time_ratio" not in entry:
+            entry["time_ratio"] = time_ratio(pipe, load_unlearned(folders[TARGETS[0]], pipe), sampler)
+            (run / "table.json").write_text(json.dumps(table, indent=1))
+        png = ROOT / "benchmarks" / "methods" / f"{name}.png"
+        if not png.exists():
+            grid_png(pipe, name, folders, sampler, png, eval_seeds[0])
+        write_markdown(args.out, {n: table[n] for n in VARIANTS if n in table}, args, eval_seeds)
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main()

@@ -1,0 +1,144 @@
+"""Every unlearning method under the one contract: it moves its target, keeps another concept, is deterministic for a
+seed, and its folder works through `generate --unlearned` / `evaluate --unlearned`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saeuron.cli import main
+from saeuron.concept_set import ConceptSet
+from saeuron.methods import get_method, methods
+from saeuron.pipelines import SamplerConfig
+from saeuron.unlearn import RECORD_FILE, load_unlearned, unlearn
+
+TARGET = "style:neon"
+KEPT = "style:sunset"
+OBJECTS = ("star", "circle", "square", "heart", "ring")
+FAST = SamplerConfig(steps=10, batch_size=64)
+# each method's cheap setting for the tests (the bench uses the defaults)
+QUICK = {
+    "esd-x": ["iterations=60", "bank_seeds=1", "steps=10"],
+    "esd-u": ["iterations=60", "bank_seeds=1", "steps=10"],
+    "uce": [],
+    "ca": ["iterations=80", "anchor_images=1", "steps=10"],
+    "spm": ["iterations=80", "bank_seeds=1", "steps=10"],
+}
+
+
+def _style_probability(pipe, images, style: str) -> float:
+    from saeuron.minicanvas.classifier import classify
+
+    return float(sum(label.style == style for label in classify(images)) / len(images))
+
+
+def _style_share(generate, pipe, style: str) -> float:
+    """Share of 'a {object} in {style} style' images (5 objects x 2 seeds) classified as that style."""
+    prompts = [f"a {o} in {style.split(':')[1]} style" for o in OBJECTS for _ in range(2)]
+    seeds = [s for _ in OBJECTS for s in (100, 101)]
+    return _style_probability(pipe, generate(prompts, seeds), style.split(":")[1])
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, minicanvas_pipe):
+    """Each weight method fitted once on the target with its quick setting."""
+    root = tmp_path_factory.mktemp("unlearned")
+    cs = ConceptSet.minicanvas()
+    return {name: (root / name, unlearn(name, [TARGET], root / name, minicanvas_pipe, "minicanvas", cs, 0, QUICK[name], log=lambda s: None))
+            for name in QUICK}
+
+
+def test_every_method_is_registered():
+    assert set(methods()) == {"saeuron", "esd-x", "esd-u", "uce", "ca", "spm"}
+    for m in methods().values():
+        assert m.summary and m.defaults
+
+
+@pytest.mark.parametrize("name", list(QUICK))
+def test_method_moves_its_target_and_keeps_another_concept(fitted, minicanvas_pipe, name):
+    from saeuron.pipelines import sample
+
+    folder, record = fitted[name]
+    assert record["method"] == name and record["targets"] == [TARGET] and record["wall_time_s"] > 0 and record["storage_bytes"] > 0
+    unlearned = load_unlearned(folder, minicanvas_pipe)
+    base = lambda ps, ss: sample(minicanvas_pipe, ps, ss, FAST)  # noqa: E731
+    edited = lambda ps, ss: unlearned.generate(minicanvas_pipe, ps, ss, FAST)  # noqa: E731
+    assert _style_share(base, minicanvas_pipe, TARGET) >= 0.9
+    assert _style_share(edited, minicanvas_pipe, TARGET) <= 0.5, f"{name} left the target"
+    assert _style_share(edited, minicanvas_pipe, KEPT) >= 0.8, f"{name} lost a kept style"
+    # applying a folder leaves the base pipeline as it was
+    torch.testing.assert_close(sample(minicanvas_pipe, ["a star in neon style"], [3], FAST), base(["a star in neon style"], [3]))
+
+
+@pytest.mark.parametrize("name", ["esd-x", "spm"])
+def test_method_is_deterministic_for_a_seed(fitted, tmp_path, minicanvas_pipe, name):
+    folder, record = fitted[name]
+    again = unlearn(name, [TARGET], tmp_path / "again", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0, QUICK[name], log=lambda s: None)
+    first, second = load_file(str(folder / record["weights"])), load_file(str(tmp_path / "again" / again["weights"]))
+    assert first.keys() == second.keys()
+    for k in first:
+        torch.testing.assert_close(first[k], second[k], atol=0, rtol=0)
+
+
+def test_record_says_what_was_run(fitted):
+    folder, record = fitted["esd-x"]
+    stored = json.loads((folder / RECORD_FILE).read_text())
+    assert stored["params"]["iterations"] == 60 and stored["paper"]["lr"] == 1e-5 and "lr" in stored["deviations"]
+    assert stored["base_model"]["name"] == "minicanvas" and stored["peak_memory_mb"] > 0
+    assert get_method("esd-x").defaults["iterations"].paper == 1000
+
+
+def test_unlearned_folder_through_generate_and_evaluate(fitted, tmp_path, capsys):
+    folder, _ = fitted["uce"]
+    assert main(["generate", "--unlearned", str(folder), "--prompt", "a star in neon style", "--seeds", "0,1", "--steps", "10",
+                 "--out", str(tmp_path / "images")]) == 0
+    assert len(json.loads((tmp_path / "images" / "index.json").read_text())) == 2
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--unlearned", str(folder), "--seeds", "100", "--steps", "10", "--out", str(out),
+                 "--report", str(tmp_path / "report")]) == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["method"] == "uce" and results["targets"][TARGET]["UA"] >= 80
+    assert "| uce |" in capsys.readouterr().out and (tmp_path / "report" / "report.md").exists()
+
+
+def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanvas_pipe):
+    from conftest import TINY_HOOKPOINT
+
+    sae = tiny_run / "saes" / TINY_HOOKPOINT
+    record = unlearn("saeuron", [TARGET], tmp_path / "sae_ul", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                     ["multiplier=-5", "percentile=99"], sae=str(sae), log=lambda s: None)
+    assert record["settings"][TARGET]["multiplier"] == -5.0 and record["features"] > 0 and record["sae"] == str(sae.resolve())
+    unlearned = load_unlearned(tmp_path / "sae_ul", minicanvas_pipe)
+    from saeuron.ablate import load_ablation_site
+
+    site = load_ablation_site(sae, minicanvas_pipe)
+    plan = site.plan([TARGET], multiplier=-5.0, percentile=99.0)
+    prompts, seeds = ["a star in neon style", "a ring in lava style"], [0, 1]
+    torch.testing.assert_close(unlearned.generate(minicanvas_pipe, prompts, seeds, FAST), site.sample(minicanvas_pipe, plan, prompts, seeds, FAST))
+
+
+@pytest.mark.parametrize("name, settings", [("uce", []), ("esd-x", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2"]),
+                                            ("spm", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "anchors=1"]),
+                                            ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"])])
+def test_methods_run_on_a_stable_diffusion_pipeline(tiny_sd_dir, tmp_path, name, settings):
+    """The real-model path: a tiny random SD 1.x pipeline, a labelled CSV, the CLI end to end."""
+    from pathlib import Path
+
+    prompts = Path(__file__).parents[1] / "examples" / "sd_prompts.csv"
+    folder = tmp_path / name
+    argv = ["unlearn", "--method", name, "--model", str(tiny_sd_dir), "--prompts", str(prompts), "--targets", "artist:van gogh",
+            "--out", str(folder), "--device", "cpu"] + [a for s in settings for a in ("--set", s)]
+    assert main(argv) == 0
+    assert main(["generate", "--model", str(tiny_sd_dir), "--unlearned", str(folder), "--prompt", "a painting of a dog by Vincent van Gogh",
+                 "--steps", "3", "--out", str(tmp_path / "images")]) == 0
+    assert (tmp_path / "images" / "index.json").exists()
+
+
+def test_spm_transport_is_full_on_the_concept_word_and_partial_elsewhere(minicanvas_pipe):
+    from saeuron.methods.spm import transport
+
+    m = transport(minicanvas_pipe, ["a star in neon style", "a star in sunset style", "a star"], [TARGET])
+    assert m[0] == 1 and 0 <= m[1] < 1 and 0 <= m[2] < 1
