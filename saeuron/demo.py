@@ -30,10 +30,10 @@ STYLE_HOOKPOINT = "up_blocks.1.attentions.2"
 OBJECT_HOOKPOINT = "up_blocks.0.attentions.1"
 SAEURON_OBJECT_HOOKPOINT = "up_blocks.1.attentions.1"
 
-
-# SAE settings measured best on minicanvas (benchmarks/RESULTS.md, "SAE quality"): SAeUron's
-# lr 4e-4 and AuxK 1/32 leave most latents of these width-64 blocks dead.
-MINICANVAS_SAE = {"arch": "topk", "k": 8, "lr": 1e-2, "aux_loss_coefficient": 1.0}
+# The SAEs train with the named default set "demo" of `saeuron train` (saeuron/train.py: DEFAULT_SETS; topk, k 8,
+# expansion 16, lr 1e-2, AuxK 1.0, batch 4096): the demo's fixed ablation settings were chosen on SAEs built so,
+# and naming the set keeps a change of `train`'s width heuristic from changing the demo.
+SAE_DEFAULTS = "demo"
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,28 @@ def build_run(out: Path, config: DemoConfig = DemoConfig(), pipe=None,
         sae_dir = out / "saes" / hookpoint
         if not (sae_dir / "metrics.json").exists():
             print(f"[2/4] training the SAE of {hookpoint}")
-            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens, **MINICANVAS_SAE,
+            train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=config.sae_tokens, defaults=SAE_DEFAULTS,
                               device=str(device), dtype=dtype_name(dtype)), resume=sae_dir.exists())
         if not (sae_dir / "concepts.h5").exists():
             print(f"[3/4] scoring concepts on {hookpoint}")
             sae = load_sae(sae_dir, hookpoint=hookpoint, device=device, dtype=dtype).eval()
             score_cache(store, hookpoint, sae).save(sae_dir / "concepts.h5", {"cache": str(store), "hookpoint": hookpoint})
     return out
+
+
+def check_seeds(out: Path, config: DemoConfig) -> None:
+    """Refuse evaluation seeds that the concept scores would be computed on: those of the store already in `out`
+    (read from the store, whatever the flags say), else the cache seeds the demo would use."""
+    from .cache import open_store
+
+    store = out / "cache.h5"
+    if store.exists():
+        seeds, where = [int(s) for s in open_store(store).config["seeds"]], f"the existing store {str(store)!r} holds seeds"
+    else:
+        seeds, where = list(config.cache_seeds), "--cache-seeds are"
+    if shared := sorted(set(seeds) & set(config.eval_seeds)):
+        raise UserError(f"evaluation seeds {shared} overlap the seeds the concept scores are computed on ({where} "
+                        f"{sorted(seeds)}); give --eval-seeds disjoint from them, or another --out")
 
 
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), device=None, dtype="float32") -> dict:
@@ -94,6 +109,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device=None, dtype="f
     for target, kind in ((config.style_target, "style"), (config.object_target, "object")):
         if world.check(target).kind != kind:  # before anything is written
             raise UserError(f"the demo erases a {kind} there, not {target!r}; valid: {', '.join(world.concepts(kind))}")
+    check_seeds(out, config)
     pipe = load_pipeline(dtype=dtype, device=device)
     sampler = resolve_sampler(pipe, SamplerConfig())
     build_run(out, config, pipe)

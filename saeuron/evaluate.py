@@ -423,11 +423,10 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation
     if site.scores.seeds is not None and set(site.scores.seeds.tolist()) & set(seeds):
-        import warnings
-
+        # the features would be selected on the very images they are judged on: refuse, as for tuning seeds
         shared = sorted(set(site.scores.seeds.tolist()) & set(seeds))
-        warnings.warn(f"evaluation seeds {shared} were also used to compute the concept scores; the evaluation images "
-                      f"repeat images the features were selected on", stacklevel=2)
+        raise UserError(f"evaluation seeds {shared} were also used to compute the concept scores (cache seeds "
+                        f"{sorted(set(site.scores.seeds.tolist()))}); evaluate on seeds disjoint from them")
     tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid, judge, concept_set)
     def recorded(stored: dict) -> dict:  # what a stored record was tuned with, written in today's format
         record = {k: stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}

@@ -42,14 +42,15 @@ class TrainConfig:
     out: str
     hookpoint: str
     cache: str | None = None
-    arch: str = "batchtopk"
-    k: int | None = None  # None: default_k(width)
-    expansion: int = 16
-    lr: float = 4e-4
-    batch_size: int = 4096
+    # None: taken from the default set (`defaults`), which the hookpoint's width chooses (choose_default_set)
+    arch: str | None = None
+    k: int | None = None
+    expansion: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
     tokens: int | None = None  # None: one pass over the training rows
     timesteps: tuple[int, ...] | None = None
-    aux_loss_coefficient: float = 1 / 32  # AuxK weight (SAeUron)
+    aux_loss_coefficient: float | None = None  # AuxK weight; None: the default set's
     sparsity_coefficient: float = 1.0  # l1 (standard) or l0 (jumprelu) weight
     val_fraction: float = 0.1  # fraction of prompts held out for validation
     val_tokens: int = 16384  # at most this many validation rows are scored
@@ -61,6 +62,8 @@ class TrainConfig:
     capture: str = "output"  # the signal the store recorded (block output or output - input); ablation edits the same
     device: str = "auto"  # where the SAE trains (auto: CUDA when present); a resumed run may move
     dtype: str = "float32"  # float32, or float16 / bfloat16: sae-lens mixed precision (bfloat16 autocast), weights stay float32
+    defaults: str = "auto"  # default set: auto (chosen by width), or one of DEFAULT_SETS; resolved to the name used
+    default_set: dict | None = None  # filled in: the set's name, why it was chosen, its values at this width, the fields given
 
     def to_json(self) -> str:
         """The config as indented JSON."""
@@ -80,6 +83,60 @@ class TrainConfig:
 def default_k(width: int) -> int:
     """SAeUron's k=32 at width 1280, scaled to the width: width/40, at least 4, at most width/8."""
     return int(min(max(4, round(width / 40)), max(1, width // 8)))
+
+
+K_RULES = {  # how a default set's k follows the width
+    "saeuron": default_k,
+    "width/8": lambda width: max(1, width // 8),  # 8 at minicanvas's 64, 12 at its 96
+    "width/8, at most 8": lambda width: min(8, max(1, width // 8)),
+}
+
+
+@dataclass(frozen=True)
+class DefaultSet:
+    """A named set of SAE training defaults; any field a user gives overrides it."""
+
+    name: str
+    arch: str
+    expansion: int
+    lr: float
+    aux_loss_coefficient: float
+    batch_size: int
+    k_rule: str  # a key of K_RULES
+    about: str
+
+    def values(self, width: int) -> dict[str, Any]:
+        """The set's training values at `width`."""
+        k = int(K_RULES[self.k_rule](width))
+        return {"arch": self.arch, "k": k, "expansion": self.expansion, "lr": self.lr, "aux_loss_coefficient": self.aux_loss_coefficient,
+                "batch_size": self.batch_size}
+
+
+# Stable Diffusion's blocks are 320, 640 and 1280 wide; minicanvas's 64 and 96.
+SD_MIN_WIDTH = 320
+DEFAULT_SETS = {
+    # benchmarks/RESULTS.md, "Train defaults by width": at 1M tokens on minicanvas, 256 latents (expansion 4) in
+    # batches of 1024 reach FVU <= 0.10 with <= 10% dead; SAeUron's recipe leaves 84% dead there
+    "small": DefaultSet("small", "topk", 4, 1e-2, 1.0, 1024, "width/8",
+                        f"widths below {SD_MIN_WIDTH} and minicanvas (measured on minicanvas, 1M tokens)"),
+    "saeuron": DefaultSet("saeuron", "batchtopk", 16, 4e-4, 1 / 32, 4096, "saeuron",
+                          f"SAeUron's Stable Diffusion recipe, for widths of {SD_MIN_WIDTH} and more"),
+    # the demo's SAEs (benchmarks/RESULTS.md, "SAE quality", 1.5-2M tokens): its fixed ablation settings were chosen on them
+    "demo": DefaultSet("demo", "topk", 16, 1e-2, 1.0, 4096, "width/8, at most 8",
+                       "the demo's SAEs on minicanvas (1.5-2M tokens, 16x latents)"),
+}
+SET_FIELDS = ("arch", "k", "expansion", "lr", "aux_loss_coefficient", "batch_size")
+
+
+def choose_default_set(width: int, model: str | None = None) -> tuple[DefaultSet, str]:
+    """The default set for a hookpoint of `width` (in a store of `model`), and why it was chosen."""
+    from .cache.store import MINICANVAS
+
+    if model == MINICANVAS:
+        return DEFAULT_SETS["small"], f"model {MINICANVAS}"
+    if width < SD_MIN_WIDTH:
+        return DEFAULT_SETS["small"], f"width {width} < {SD_MIN_WIDTH}"
+    return DEFAULT_SETS["saeuron"], f"width {width} >= {SD_MIN_WIDTH}"
 
 
 # ---------------------------------------------------------------- data
@@ -184,11 +241,29 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name)) if done else None
 
 
-def _resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
-    """Fill in width-dependent defaults and the device, and check the values."""
+def resolve_defaults(cfg: TrainConfig, d_in: int, model: str | None = None) -> TrainConfig:
+    """Fill every field left None from the default set (chosen by `d_in` and `model` when `cfg.defaults` is auto)
+    and record the set in `cfg.default_set`; a config resolved before (a resumed run) is returned as it is."""
+    if cfg.default_set is not None:
+        return cfg
+    if cfg.defaults == "auto":
+        chosen, reason = choose_default_set(d_in, model)
+    elif cfg.defaults in DEFAULT_SETS:
+        chosen, reason = DEFAULT_SETS[cfg.defaults], "given"
+    else:
+        raise UserError(f"unknown default set {cfg.defaults!r}; choose auto or one of {', '.join(DEFAULT_SETS)}")
+    values = chosen.values(d_in)
+    given = {f: getattr(cfg, f) for f in SET_FIELDS if getattr(cfg, f) is not None}
+    record = {"name": chosen.name, "chosen_by": reason, "width": d_in, "model": model, "values": values, "given": given,
+              "about": chosen.about}
+    return dataclasses.replace(cfg, defaults=chosen.name, default_set=record, **{**values, **given})
+
+
+def _resolve(cfg: TrainConfig, d_in: int, model: str | None = None) -> TrainConfig:
+    """Fill in the default set's values and the device, and check the values."""
     from .devices import dtype_name, resolve_device, resolve_dtype
 
-    cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)), dtype=dtype_name(resolve_dtype(cfg.dtype)))
+    cfg = dataclasses.replace(resolve_defaults(cfg, d_in, model), device=str(resolve_device(cfg.device)), dtype=dtype_name(resolve_dtype(cfg.dtype)))
     if cfg.arch not in ARCHS:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     if cfg.expansion < 1:
@@ -199,7 +274,7 @@ def _resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"validation fraction must be between 0 and 1, got {cfg.val_fraction}")
-    k = cfg.k if cfg.k is not None else default_k(d_in)
+    k = cfg.k
     if not 1 <= k <= d_in * cfg.expansion:
         raise UserError(f"--k {k} is out of range; it must be between 1 and the number of latents ({d_in * cfg.expansion})")
     if cfg.tokens is not None and cfg.tokens < cfg.batch_size:
@@ -266,7 +341,7 @@ def _from_store(cfg: TrainConfig, data_seed: int) -> tuple[TrainConfig, Iterator
     is_val = validation_prompt_mask(prompt_ids, cfg.val_fraction)
     train_ids, val_ids = prompt_ids[~is_val], prompt_ids[is_val]
     info = open_store(cfg.cache)
-    cfg = _resolve(dataclasses.replace(cfg, capture=info.config.get("capture", "output")), info.widths[cfg.hookpoint])
+    cfg = _resolve(dataclasses.replace(cfg, capture=info.config.get("capture", "output")), info.widths[cfg.hookpoint], info.config.get("model"))
     n_train = count_rows(cfg.cache, cfg.hookpoint, prompts=train_ids, timesteps=cfg.timesteps)
     if n_train == 0 and cfg.timesteps is not None:
         raise UserError(f"no rows of {cfg.hookpoint!r} at --timesteps {' '.join(map(str, cfg.timesteps))}; give timestep values as stored in the cache")
@@ -442,10 +517,13 @@ def _cli_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        defaults=args.defaults,
     )
     metrics = train(cfg, resume=args.resume)
+    used = TrainConfig.from_json((Path(cfg.out) / CONFIG_FILE).read_text())
     print(
-        f"saved SAE to {cfg.out}: validation FVU {metrics['val_fvu']:.4f}, L0 {metrics['val_l0']:.1f}, "
+        f"saved SAE to {cfg.out} (default set {used.defaults!r}: {used.arch}, k {used.k}, expansion {used.expansion}, lr {used.lr:g}, "
+        f"AuxK {used.aux_loss_coefficient:g}, batch {used.batch_size}): validation FVU {metrics['val_fvu']:.4f}, L0 {metrics['val_l0']:.1f}, "
         f"dead {metrics['val_dead_fraction']:.1%}, {metrics['tokens_seen']} tokens in {metrics['wall_time_s']:.0f} s"
     )
     return 0
@@ -460,14 +538,19 @@ def register_cli(subparsers) -> None:
     p.add_argument("--cache", required=True, help="activation store written by `saeuron cache` (file or sharded folder)")
     p.add_argument("--hookpoint", required=True, help="hookpoint whose activations to train on")
     p.add_argument("--out", required=True, help="output folder (sae-lens format + train_config.json + metrics.json)")
-    p.add_argument("--arch", default="batchtopk", choices=ARCHS, help="SAE architecture (default: batchtopk)")
-    p.add_argument("--k", type=POSITIVE_INT, default=None, help="active latents per token (default: width/40, between 4 and width/8)")
-    p.add_argument("--expansion", type=bounded(int, 1, 1024), default=16, help="latents per input dimension (default: 16)")
-    p.add_argument("--lr", type=bounded(float, 0, 10, lo_open=True), default=4e-4, help="Adam learning rate, decayed linearly to 0 (default: 4e-4)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=4096, help="tokens per batch (default: 4096)")
+    sets = "; ".join(f"{d.name}: {d.arch}, k {'width/40 in [4, width/8]' if d.k_rule == 'saeuron' else d.k_rule}, "
+                     f"expansion {d.expansion}, lr {d.lr:g}, AuxK {d.aux_loss_coefficient:g}, batch {d.batch_size}" for d in DEFAULT_SETS.values())
+    p.add_argument("--defaults", default="auto", choices=("auto", *DEFAULT_SETS),
+                   help=f"the set of defaults for --arch, --k, --expansion, --lr, --aux-loss-coefficient and --batch-size (each flag given "
+                        f"overrides its value); auto (default): small below width {SD_MIN_WIDTH} and for minicanvas, else saeuron. {sets}")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="SAE architecture (default: the default set's)")
+    p.add_argument("--k", type=POSITIVE_INT, default=None, help="active latents per token (default: the default set's)")
+    p.add_argument("--expansion", type=bounded(int, 1, 1024), default=None, help="latents per input dimension (default: the default set's)")
+    p.add_argument("--lr", type=bounded(float, 0, 10, lo_open=True), default=None, help="Adam learning rate, decayed linearly to 0 (default: the default set's)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None, help="tokens per batch (default: the default set's)")
     p.add_argument("--tokens", type=bounded(int, 1, 2**62), default=None, help="training tokens (default: one pass over the training rows)")
     p.add_argument("--timesteps", type=bounded(int, 0, 10_000), nargs="+", default=None, help="train only on rows of these timesteps")
-    p.add_argument("--aux-loss-coefficient", type=bounded(float, 0), default=1 / 32, help="AuxK loss weight for topk/batchtopk (default: 1/32)")
+    p.add_argument("--aux-loss-coefficient", type=bounded(float, 0), default=None, help="AuxK loss weight for topk/batchtopk (default: the default set's)")
     p.add_argument("--sparsity-coefficient", type=bounded(float, 0), default=1.0, help="l1 (standard) or l0 (jumprelu) loss weight")
     p.add_argument("--val-fraction", type=bounded(float, 0, 1, lo_open=True, hi_open=True), default=0.1, help="fraction of prompts held out for validation (default: 0.1)")
     p.add_argument("--checkpoints", type=bounded(int, 0, 10_000), default=10, help="checkpoints during training (default: 10; only the newest is kept)")

@@ -111,7 +111,7 @@ def main() -> int:
 
         shutil.rmtree(sae_dir)
     metrics = train(TrainConfig(out=str(sae_dir), hookpoint=hookpoint, cache=str(store), tokens=args.tokens, batch_size=4096,
-                                expansion=8, k=8, lr=4e-3, n_checkpoints=0, device=str(device), dtype=args.dtype))
+                                expansion=8, k=8, lr=4e-3, n_checkpoints=0, defaults="saeuron", device=str(device), dtype=args.dtype))
     sae = load_sae(sae_dir, hookpoint=hookpoint, device=device, dtype=pipe.unet.dtype)
     t0 = time.perf_counter()
     scores = score_cache(store, hookpoint, sae)

@@ -81,7 +81,7 @@ def tiny_run(tmp_path_factory, minicanvas_pipe) -> Path:
                       CacheConfig(hookpoints=(TINY_HOOKPOINT,), seeds=(0, 1), steps=4, batch_size=6), progress=False)
     sae_dir = run / "saes" / TINY_HOOKPOINT
     train(TrainConfig(out=str(sae_dir), hookpoint=TINY_HOOKPOINT, cache=str(run / "cache.h5"), tokens=60_000, lr=4e-3,
-                      batch_size=512, expansion=4, n_checkpoints=0))
+                      batch_size=512, expansion=4, n_checkpoints=0, defaults="saeuron"))
     sae = load_sae(sae_dir, hookpoint=TINY_HOOKPOINT).eval()
     score_cache(run / "cache.h5", TINY_HOOKPOINT, sae).save(sae_dir / "concepts.h5")
     return run

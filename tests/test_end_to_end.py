@@ -63,13 +63,16 @@ def test_generate_cli_with_ablation(tiny_run, tmp_path):
 
 
 def test_evaluate_writes_unlearncanvas_schema_and_report(tiny_run, minicanvas_pipe, tmp_path):
+    from saeuron.errors import UserError
     from saeuron.evaluate import run_evaluation
 
     sae_dir = tiny_run / "saes" / TINY_HOOKPOINT
     out = tmp_path / "results.json"
-    with pytest.warns(UserWarning, match=r"evaluation seeds \[0\] were also used to compute the concept scores"):
-        res = run_evaluation(sae_dir, ["style:neon"], [0], None, SamplerConfig(steps=2), False, out, tmp_path / "report",
-                             pipe=minicanvas_pipe)
+    with pytest.raises(UserError, match=r"evaluation seeds \[0\] were also used to compute the concept scores"):
+        run_evaluation(sae_dir, ["style:neon"], [0, 2], None, SamplerConfig(steps=2), False, out, tmp_path / "report", pipe=minicanvas_pipe)
+    assert not out.exists()
+    res = run_evaluation(sae_dir, ["style:neon"], [2], None, SamplerConfig(steps=2), False, out, tmp_path / "report",
+                         pipe=minicanvas_pipe)  # seeds disjoint from the scores' cache seeds (0, 1)
     saved = json.loads(out.read_text())
     assert set(saved) == {"targets", "mean", "base", "config"}
     m = saved["targets"]["style:neon"]

@@ -99,6 +99,11 @@ case("cannot load the CLIP judge", "evaluate", "--sae", "SAE", "--targets", "sty
 case("for a CLIP judge", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--judge-template", "style=a {value}", "--out", "OUT/r.json")
 case("bad judge template", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--judge-template", "style", "--out", "OUT/r.json")
 case("disjoint", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--seeds", "5", "--tune-seeds", "5", "--out", "OUT/r.json")
+# ---- evaluation seeds that the concept scores (or a reused store) already saw: refused, not warned
+case("evaluation seeds [1] were also used to compute the concept scores", "evaluate", "--sae", "SAE", "--targets", "style:neon",
+     "--seeds", "1-2", "--percentile", "99", "--multiplier", "-5", "--dominance", "0", "--out", "OUT/r.json")
+case("the existing store", "demo", "--out", "REUSED_RUN", "--cache-seeds", "5", "--eval-seeds", "1")  # the store's seeds, not the flags
+case("evaluation seeds [0] overlap", "demo", "--out", "OUT/demo", "--cache-seeds", "0", "--eval-seeds", "0,200")
 case("bad tuning multiplier list", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--tune-multipliers", "5", "--out", "OUT/r.json")
 case("unknown hookpoint 'up_blocks.9'", "cache", "--minicanvas", "--hookpoints", "up_blocks.9", "--out", "OUT/c.h5")
 case("not in", "train", "--cache", "STORE", "--hookpoint", "mid_block.attentions.0", "--out", "OUT/sae")
@@ -160,6 +165,8 @@ def workspace(tmp_path_factory, tiny_run):
     (w / "DONE_IMAGES").mkdir()
     (w / "DONE_IMAGES" / "index.json").write_text("[]")
     (w / "RUN").mkdir()
+    (w / "REUSED_RUN").mkdir()  # a demo run folder whose store holds seeds 0 and 1
+    shutil.copy(tiny_run / "cache.h5", w / "REUSED_RUN" / "cache.h5")
     return w
 
 

@@ -217,13 +217,13 @@ def test_resume_continues_an_interrupted_run_exactly(tmp_path, data):
     assert metrics["val_fvu"] == reference["val_fvu"] and metrics["steps"] == reference["steps"]
 
 
-def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400, capture: str = "output") -> None:
+def write_store(path: Path, n_prompts: int = 12, rows_per_prompt: int = 400, capture: str = "output", model: str = "minicanvas") -> None:
     """A tiny `saeuron cache` store, one unit per prompt, rows at timesteps 999, 500 and 1; column 0 holds the prompt index."""
     x = synthetic(n_prompts * rows_per_prompt, seed=3)
     prompt = np.repeat(np.arange(n_prompts), rows_per_prompt)
     step = np.tile(np.repeat([0, 1, 2], [134, 133, 133]), n_prompts)
     x[:, 0] = torch.from_numpy(prompt).float()  # lets the test see which prompt a row came from
-    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1, capture=capture)
+    config = cache.CacheConfig(hookpoints=(HOOK,), prompts="test", seeds=(0,), steps=3, batch_size=1, capture=capture, model=model)
     writer.Writer.create(path, config.to_json(), cache.prompt_table([f"prompt {i}" for i in range(n_prompts)]), {HOOK: D_IN})
     w = writer.Writer(path)
     for p in range(n_prompts):
@@ -259,11 +259,56 @@ def test_cli_trains_from_store_with_held_out_prompts(tmp_path, capsys):
                "--expansion", "2", "--batch-size", "256", "--tokens", str(256 * 20), "--lr", "4e-3", "--val-fraction", "0.2"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["arch"] == "batchtopk" and metrics["tokens_seen"] == 256 * 20
+    assert metrics["arch"] == "topk" and metrics["tokens_seen"] == 256 * 20  # the small-width default set's
     assert metrics["val_prompts"] >= 1 and metrics["train_prompts"] + metrics["val_prompts"] == 12
     assert "validation FVU" in capsys.readouterr().out
     load_sae(out, expected_width=D_IN)
     assert json.loads((out / "train_config.json").read_text())["capture"] == "output"
+
+
+def test_default_set_is_chosen_by_width_recorded_and_overridden_by_flags(tmp_path, capsys):
+    from saeuron.train import DEFAULT_SETS, SD_MIN_WIDTH, choose_default_set, resolve_defaults
+
+    assert [choose_default_set(w, "some/sd")[0].name for w in (32, 64, 96, SD_MIN_WIDTH - 1, 320, 640, 1280)] == \
+        ["small"] * 4 + ["saeuron"] * 3
+    assert choose_default_set(64, "minicanvas") == (DEFAULT_SETS["small"], "model minicanvas")
+    # Stable Diffusion widths: SAeUron's recipe, k = width / 40
+    sd = resolve_defaults(TrainConfig(out="x", hookpoint=HOOK), 1280, "runwayml/stable-diffusion-v1-5")
+    assert (sd.defaults, sd.arch, sd.k, sd.expansion, sd.lr, sd.aux_loss_coefficient) == ("saeuron", "batchtopk", 32, 16, 4e-4, 1 / 32)
+    assert sd.default_set["given"] == {} and sd.default_set["chosen_by"] == "width 1280 >= 320"
+    assert resolve_defaults(sd, 64) == sd  # resolved once: a resumed run keeps its set
+
+    write_store(tmp_path / "cache.h5", model="some/sd-model")  # not minicanvas: the width (32) chooses
+    base = ["train", "--cache", str(tmp_path / "cache.h5"), "--hookpoint", HOOK, "--tokens", str(1024 * 2), "--checkpoints", "0"]
+
+    def saved(name: str) -> dict:
+        return json.loads((tmp_path / name / "train_config.json").read_text())
+
+    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    assert "default set 'small'" in capsys.readouterr().out
+    auto = saved("auto")
+    values = auto["default_set"]["values"]
+    assert auto["defaults"] == "small" and auto["default_set"]["name"] == "small"
+    assert auto["default_set"]["chosen_by"] == f"width {D_IN} < {SD_MIN_WIDTH}" and auto["default_set"]["given"] == {}
+    assert values == {"arch": "topk", "k": 4, "expansion": 4, "lr": 1e-2, "aux_loss_coefficient": 1.0, "batch_size": 1024}
+    assert {f: auto[f] for f in values} == values  # every resolved value is the set's
+
+    assert main([*base, "--out", str(tmp_path / "given"), "--lr", "3e-3", "--arch", "batchtopk"]) == 0
+    given = saved("given")
+    assert (given["lr"], given["arch"]) == (3e-3, "batchtopk") and given["default_set"]["given"] == {"arch": "batchtopk", "lr": 3e-3}
+    assert {f: given[f] for f in ("k", "expansion", "aux_loss_coefficient", "batch_size")} == \
+        {"k": 4, "expansion": 4, "aux_loss_coefficient": 1.0, "batch_size": 1024}
+    assert json.loads((tmp_path / "given" / "metrics.json").read_text())["arch"] == "batchtopk"
+
+    assert main([*base, "--out", str(tmp_path / "named"), "--defaults", "saeuron", "--k", "2", "--batch-size", "256"]) == 0
+    named = saved("named")
+    assert named["default_set"]["chosen_by"] == "given" and named["defaults"] == "saeuron"
+    assert (named["arch"], named["lr"], named["aux_loss_coefficient"], named["expansion"], named["k"], named["batch_size"]) == \
+        ("batchtopk", 4e-4, 1 / 32, 16, 2, 256)
+    # the demo's SAEs: a named set, the values its ablation settings were chosen on
+    assert DEFAULT_SETS["demo"].values(64) == {"arch": "topk", "k": 8, "expansion": 16, "lr": 1e-2, "aux_loss_coefficient": 1.0,
+                                               "batch_size": 4096}
+    assert DEFAULT_SETS["demo"].values(96)["k"] == 8 and DEFAULT_SETS["small"].values(96)["k"] == 12
 
 
 def test_train_config_records_the_signal_the_store_holds(tmp_path):
