@@ -258,8 +258,8 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
                         concept_set: ConceptSet | None = None, judge=None) -> dict:
     """UA / IRA / CRA per target (and the base model's, as reference), means per kind, and fidelity on kept prompts.
 
-    `site` is an `ablate.AblationSite`; `params[target]` holds the target's setting (the keys
-    of `ablate.SETTING_DEFAULTS`). `base_images`, if given, are the base model's images of the answer set.
+    `site` is an `ablate.AblationSite` (`params[target]`: the keys of `ablate.SETTING_DEFAULTS`) or an
+    `unlearn.Unlearned` folder (`params[target]`: the method's settings); anything with `plan`, `sample` and `describe`. `base_images`, if given, are the base model's images of the answer set.
     `done` holds results of targets already evaluated with the same settings (they are
     not generated again); `progress(group, results)` is called after each group. The answer
     set is `concept_set` x `seeds` (default: the minicanvas grid), labelled by `judge`
@@ -298,27 +298,40 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
         rows = [m for t, m in results.items() if Concept.parse(t).kind == kind]
         mean[kind] = {k: float(np.mean([r[k] for r in rows])) for k in ("UA", "IRA", "CRA")}
     return {"targets": results, "mean": mean, "base": {k: v for k, v in base.items() if k.endswith("_accuracy")},
-            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, "hookpoint": site.hookpoint,
-                       "selection": site.selection, "firing": site.firing, "judge": getattr(judge, "name", type(judge).__name__),
+            "config": {"seeds": list(seeds), "sampler": vars(config), "together": together, **site.describe(),
+                       "judge": getattr(judge, "name", type(judge).__name__),
                        "answer_set": {"source": answers.concept_set.name, "prompts": len(answers.concept_set.rows),
                                       "sha256": answers.concept_set.digest()}}}
 
 
 def markdown_report(results: dict) -> str:
-    """A Markdown table of UA / IRA / CRA per target and the means."""
-    lines = ["| target | UA | IRA | CRA | base UA / IRA / CRA | percentile | multiplier | dominance | changed labels (kept prompts) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """A Markdown table of UA / IRA / CRA per target and the means: with SAeUron's setting per target, or the method's."""
+    ablation = all("percentile" in m for m in results["targets"].values())
+    setting_columns = "percentile | multiplier | dominance" if ablation else "method | setting"
+    lines = [f"| target | UA | IRA | CRA | base UA / IRA / CRA | {setting_columns} | changed labels (kept prompts) |",
+             "|---|---|---|---|---|---|---|" + ("---|" if ablation else "")]
+    method = results.get("config", {}).get("method", "")
     for t, m in results["targets"].items():
         changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))
         b = m.get("base", {})
         base = " / ".join(f"{b[k]:.1f}" for k in ("UA", "IRA", "CRA")) if b else ""
-        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {m['percentile']} | {m['multiplier']} | {m.get('dominance', 0.0)} | {changed:.1f}% |")
+        if ablation:
+            setting = f"{m['percentile']} | {m['multiplier']} | {m.get('dominance', 0.0)}"
+        else:
+            shown = {k: v for k, v in results.get("config", {}).get("method_params", {}).items() if k in KEY_SETTINGS}
+            setting = f"{method} | " + ", ".join(f"{k} {v}" for k, v in shown.items())
+        lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {setting} | {changed:.1f}% |")
+    blanks = "| | | |" if ablation else "| | |"
     for kind, m in results["mean"].items():
-        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | | | | | |")
+        lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {blanks}")
     b = results["base"]
     lines.append("")
     lines.append("Base model: " + ", ".join(f"{k.removesuffix('_accuracy')} accuracy {v:.1f}%" for k, v in b.items()) + ".")
     return "\n".join(lines) + "\n"
+
+
+# the settings of a method that the report's table shows
+KEY_SETTINGS = ("iterations", "lr", "negative_guidance", "erase_scale", "preserve_scale", "lam", "la_strength", "transport")
 
 
 def parse_target_spec(text: str, concepts: Sequence[str] | None = None) -> list[str]:
@@ -474,9 +487,30 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     return results
 
 
-def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path) -> ConceptSet | None:
+def run_unlearned_evaluation(folder: Path, seeds: list[int], config: SamplerConfig, out: Path, report_dir: Path | None,
+                             pipe, concept_set: ConceptSet | None = None, judge=None, base_images: torch.Tensor | None = None) -> dict:
+    """UA / IRA / CRA of an unlearned-model folder (all its targets erased together), written to `out` and the report."""
+    import json
+
+    from .pipelines import resolve_sampler
+    from .unlearn import load_unlearned
+
+    unlearned = load_unlearned(folder, pipe)
+    config = resolve_sampler(pipe, config)
+    params = {t: dict(unlearned.record["params"]) for t in unlearned.targets}
+    results = evaluate_unlearning(pipe, unlearned, unlearned.targets, seeds, config, params, together=True, concept_set=concept_set,
+                                  judge=judge, report_dir=report_dir, base_images=base_images)
+    results["unlearn"] = {k: unlearned.record.get(k) for k in ("wall_time_s", "peak_memory_mb", "storage_bytes", "seed")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    if report_dir is not None:
+        (report_dir / "report.md").write_text(markdown_report(results))
+    return results
+
+
+def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path | None) -> ConceptSet | None:
     """The labelled prompts of the answer set: --prompts, else (minicanvas) the world's grid (None), else the labelled
-    prompts of the store the SAE's concept scores came from."""
+    prompts of the store the SAE's concept scores came from (`sae_dir` None: no SAE, --prompts is needed)."""
     import json
 
     import h5py
@@ -487,6 +521,8 @@ def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path) -> C
         cs = ConceptSet.from_file(prompts_file)
     elif model == MINICANVAS:
         return None
+    elif sae_dir is None:
+        raise UserError(f"give the answer set of {model!r} with --prompts LABELLED_FILE (.csv / .jsonl)")
     else:
         scores = sae_dir / "concepts.h5"
         try:
@@ -506,26 +542,11 @@ def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path) -> C
     return ConceptSet(cs.name, cs.kinds, tuple(rows))
 
 
-def _cmd_evaluate(args) -> None:
-    from .ablate import check_rules
-    from .cli_args import check_output, device_from_args, is_json_with, parse_seeds, sampler_from_args
-    from .concepts import ConceptScores
+def _answer_set_and_judge(args, targets: list[str], seeds: list[int], device, sae_dir: Path | None):
+    """The labelled answer set (None: minicanvas's grid) and the judge of an evaluation, checked against the targets."""
     from .judges import load_judge, parse_templates
-    from .pipelines import MINICANVAS, load_pipeline
+    from .pipelines import MINICANVAS
 
-    sae_dir = Path(args.sae)
-    scores_path = sae_dir / "concepts.h5"
-    if not scores_path.is_file():
-        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
-    targets = parse_target_spec(args.targets, ConceptScores.load(scores_path).concepts)
-    seeds = parse_seeds(args.seeds)
-    tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
-    grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances)
-    check_rules(args.selection, args.firing)
-    check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
-    if args.report:
-        check_output(args.report, "report folder", folder=True)
-    device, dtype = device_from_args(args)
     concept_set = answer_concept_set(args.model, args.prompts, sae_dir)
     answers = full_answer_set(seeds, concept_set)
     for t in targets:
@@ -539,6 +560,60 @@ def _cmd_evaluate(args) -> None:
     missing = [k for k in {Concept.parse(t).kind for t in targets} if k not in judge.kinds]
     if missing:
         raise UserError(f"the judge {judge_spec!r} labels the kinds {', '.join(judge.kinds)}, not {', '.join(missing)}; use --judge clip:MODEL")
+    return concept_set, judge
+
+
+def _evaluate_unlearned(args) -> None:
+    from .cli_args import check_output, device_from_args, is_json_with, parse_seeds, sampler_from_args
+    from .pipelines import load_pipeline
+    from .unlearn import load_unlearned
+
+    unlearned = load_unlearned(args.unlearned)  # the folder itself first; the base model is checked once loaded
+    if args.targets:
+        unlearned.plan(parse_target_spec(args.targets, unlearned.targets))
+    for flag in ("tune_seeds", "multiplier", "percentile", "dominance", "tune_percentiles", "tune_multipliers", "tune_dominances"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is SAeUron's (--sae); an unlearned folder carries its own setting")
+    seeds = parse_seeds(args.seeds)
+    train_seed = unlearned.record.get("seed")
+    check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
+    if args.report:
+        check_output(args.report, "report folder", folder=True)
+    device, dtype = device_from_args(args)
+    concept_set, judge = _answer_set_and_judge(args, unlearned.targets, seeds, device, None)
+    pipe = load_pipeline(args.model, dtype, device)
+    load_unlearned(args.unlearned, pipe)
+    results = run_unlearned_evaluation(Path(args.unlearned), seeds, sampler_from_args(args), Path(args.out),
+                                       Path(args.report) if args.report else None, pipe, concept_set, judge)
+    print(markdown_report(results) + f"\n(unlearned with seed {train_seed})")
+
+
+def _cmd_evaluate(args) -> None:
+    from .ablate import check_rules
+    from .cli_args import check_output, device_from_args, is_json_with, parse_seeds, sampler_from_args
+    from .concepts import ConceptScores
+    from .pipelines import load_pipeline
+
+    if bool(args.sae) == bool(args.unlearned):
+        raise UserError("give --sae DIR (SAeUron ablation, tuned here) or --unlearned DIR (a folder from `saeuron unlearn`)")
+    if args.unlearned:
+        return _evaluate_unlearned(args)
+    if not args.targets:
+        raise UserError("--sae needs --targets (the concepts to erase)")
+    sae_dir = Path(args.sae)
+    scores_path = sae_dir / "concepts.h5"
+    if not scores_path.is_file():
+        raise UserError(f"{str(scores_path)!r} not found; run `saeuron score --cache CACHE --sae {sae_dir}` first")
+    targets = parse_target_spec(args.targets, ConceptScores.load(scores_path).concepts)
+    seeds = parse_seeds(args.seeds)
+    tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
+    grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances)
+    check_rules(args.selection, args.firing)
+    check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
+    if args.report:
+        check_output(args.report, "report folder", folder=True)
+    device, dtype = device_from_args(args)
+    concept_set, judge = _answer_set_and_judge(args, targets, seeds, device, sae_dir)
     pipe = load_pipeline(args.model, dtype, device)
     results = run_evaluation(sae_dir, targets, seeds, tune_seeds, sampler_from_args(args),
                              args.together, Path(args.out), Path(args.report) if args.report else None, pipe=pipe,
@@ -556,8 +631,9 @@ def register_cli(sub) -> None:
     from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
-    p.add_argument("--sae", required=True, help="SAE folder with concepts.h5")
-    p.add_argument("--targets", required=True, help="all-KINDs (all-styles, all-objects, ...) | KIND:VALUE,KIND:VALUE,... "
+    p.add_argument("--sae", help="SAE folder with concepts.h5 (SAeUron's ablation, tuned and evaluated here)")
+    p.add_argument("--unlearned", help="an unlearned-model folder from `saeuron unlearn` (any method; its targets are erased together)")
+    p.add_argument("--targets", help="all-KINDs (all-styles, all-objects, ...) | KIND:VALUE,KIND:VALUE,... "
                                                     "(concepts of the SAE's scores)")
     p.add_argument("--judge", help="who labels the images: minicanvas (the shipped classifier; the default on minicanvas) or "
                                    "clip:MODEL (zero-shot CLIP from a local folder or hub id, over the concepts of each kind)")
@@ -565,7 +641,8 @@ def register_cli(sub) -> None:
                    help="CLIP prompt template of a kind, with {value} (repeatable; default 'an image of {value}')")
     p.add_argument("--prompts", help="labelled prompt file (.csv / .jsonl) of the answer set (default: minicanvas's grid on "
                                      "minicanvas, else the labelled prompts of the store the scores came from)")
-    p.add_argument("--seeds", default="0-1", help="evaluation seeds (default 0-1)")
+    p.add_argument("--seeds", default="300-304", help="evaluation seeds (default 300-304: disjoint from the default cache (0) "
+                                                     "and tuning (100) seeds)")
     p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
     p.add_argument("--multiplier", type=MULTIPLIER, help="fixed multiplier for every target (instead of stored or tuned values)")
     p.add_argument("--percentile", type=PERCENTILE, help="fixed selection percentile for every target")

@@ -124,6 +124,25 @@ case("is a file; give a folder", "train", "--cache", "STORE", "--hookpoint", TIN
 case("already holds an SAE run", "train", "--cache", "STORE", "--hookpoint", TINY_HOOKPOINT, "--out", "SAE")
 case("is a file; give a folder", "demo", "--out", "NOPROMPT.csv")
 
+# ---- unlearning: unknown methods, unknown targets, folders that are missing, foreign or for another base model
+case("unknown method 'fmn'", "unlearn", "--method", "fmn", "--targets", "style:neon", "--out", "OUT/u")
+case("bad target 'style:cubism'", "unlearn", "--method", "uce", "--targets", "style:cubism", "--out", "OUT/u")
+case("bad --set 'lr=fast'", "unlearn", "--method", "esd-x", "--targets", "style:neon", "--set", "lr=fast", "--out", "OUT/u")
+case("bad --set 'speed=2'", "unlearn", "--method", "esd-x", "--targets", "style:neon", "--set", "speed=2", "--out", "OUT/u")
+case("must be >= 1", "unlearn", "--method", "ca", "--targets", "style:neon", "--set", "iterations=0", "--out", "OUT/u")
+case("needs --sae", "unlearn", "--method", "saeuron", "--targets", "style:neon", "--out", "OUT/u")
+case("already holds an unlearned model", "unlearn", "--method", "uce", "--targets", "style:neon", "--out", "UNLEARNED")
+case("give --prompts", "unlearn", "--method", "uce", "--model", "FOREIGN_MODEL", "--targets", "style:neon", "--out", "OUT/u")
+case("not found", "generate", *P, "--unlearned", "MISSING_DIR", "--out", "OUT")
+case("not an unlearned-model folder", "generate", *P, "--unlearned", "DIR", "--out", "OUT")
+case("not a saeuron unlearn record", "generate", *P, "--unlearned", "FOREIGN_UNLEARNED", "--out", "OUT")
+case("lacks its weights file", "evaluate", "--unlearned", "NOWEIGHTS_UNLEARNED", "--out", "OUT/r.json")
+case("was made for the base model", "generate", "--prompt", "a dog", "--model", "SD_MODEL", "--unlearned", "UNLEARNED", "--out", "OUT")
+case("not both", "generate", *P, "--unlearned", "UNLEARNED", "--sae", "SAE", "--out", "OUT")
+case("bad target 'style:lava'", "evaluate", "--unlearned", "UNLEARNED", "--targets", "style:lava", "--out", "OUT/r.json")
+case("is SAeUron's", "evaluate", "--unlearned", "UNLEARNED", "--multiplier", "-5", "--out", "OUT/r.json")
+case("give --sae DIR", "evaluate", "--targets", "style:neon", "--out", "OUT/r.json")
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_run):
@@ -165,6 +184,16 @@ def workspace(tmp_path_factory, tiny_run):
     (w / "DONE_IMAGES").mkdir()
     (w / "DONE_IMAGES" / "index.json").write_text("[]")
     (w / "RUN").mkdir()
+    from saeuron.concept_set import ConceptSet
+    from saeuron.pipelines import load_pipeline
+    from saeuron.unlearn import unlearn
+
+    unlearn("uce", ["style:neon"], w / "UNLEARNED", load_pipeline(), "minicanvas", ConceptSet.minicanvas(), log=lambda s: None)
+    (w / "FOREIGN_UNLEARNED").mkdir()
+    (w / "FOREIGN_UNLEARNED" / "unlearn.json").write_text(json.dumps({"method": "magic", "targets": ["style:neon"]}))
+    shutil.copytree(w / "UNLEARNED", w / "NOWEIGHTS_UNLEARNED")
+    (w / "NOWEIGHTS_UNLEARNED" / "edited_unet.safetensors").unlink()
+    tiny_sd_pipeline(w / "SD_MODEL")
     (w / "REUSED_RUN").mkdir()  # a demo run folder whose store holds seeds 0 and 1
     shutil.copy(tiny_run / "cache.h5", w / "REUSED_RUN" / "cache.h5")
     return w

@@ -125,7 +125,6 @@ class SPM(Method):
         unet = pipe.unet
         unet.add_adapter(LoraConfig.from_pretrained(str(folder)), adapter_name=ADAPTER)
         set_peft_model_state_dict(unet, load_file(str(folder / record["weights"])), adapter_name=ADAPTER)
-        unet.to(unet.device, unet.dtype)
         strength = torch.ones(1)
         multipliers = transport(pipe, prompts, record["targets"]) if int(record["params"]["transport"]) else torch.ones(len(prompts))
 
