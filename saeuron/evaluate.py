@@ -218,9 +218,27 @@ def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels
 # ---------------------------------------------------------------- unlearning runs
 
 
-# SAeUron searches percentile {99.99, 99.995, 99.999} of 20480 latents (1-3 features a step) x gamma {-1, -5, ..., -30};
-# at 1024 latents the same feature counts are percentiles 99.5-99.9. SAeUron has no dominance filter (0).
+# this project's grid on minicanvas ("minicanvas"): 3-10 of 1,024 features a step x 4 multipliers. It is NOT the paper's:
+# SAeUron searches percentile {99.99, 99.995, 99.999} of 20,480 latents (1-3 features a step) x gamma {-1, -5, ..., -30},
+# which is `paper_grid` ("saeuron-paper"). SAeUron has no dominance filter (0).
 TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0), "dominance": (0.0,)}
+PAPER_FEATURES_PER_STEP = (1, 2, 3)  # SAeUron's percentiles 99.999 / 99.995 / 99.99 of 20,480 latents select 1-3 features a step
+PAPER_MULTIPLIERS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
+
+
+def paper_percentile(n_features: int, width: int) -> float:
+    """The percentile that selects exactly the top `n_features` of `width` scores (np.percentile's linear interpolation)."""
+    return round(100 * (1 - (n_features - 0.5) / (width - 1)), 5)
+
+
+def paper_grid(width: int) -> dict:
+    """The `saeuron-paper` tuning grid for an SAE of `width` latents: the paper's feature counts per step (1, 2, 3) as
+    percentiles of this width, its multipliers -1 ... -30, no dominance filter."""
+    return {"percentile": tuple(paper_percentile(n, width) for n in PAPER_FEATURES_PER_STEP), "multiplier": PAPER_MULTIPLIERS,
+            "dominance": (0.0,)}
+
+
+GRIDS = ("minicanvas", "saeuron-paper")  # --tune-grid: this project's TUNING_GRID, or paper_grid at the SAE's width
 # how tune_target chooses among settings of equal objective (on 10 target images UA moves in steps of 10, so ties are common)
 TIE_BREAK = "highest CRA"
 
@@ -384,11 +402,12 @@ _GRID_RULES = {"percentile": (lambda v: 0 < v < 100, "percentiles must be in (0,
                "dominance": (lambda v: v >= 0, "dominances must be >= 0 (0: no filter)")}
 
 
-def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str | None = None) -> dict:
-    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20', '0,2,3'); missing lists keep TUNING_GRID's."""
+def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str | None = None, base: dict | None = None) -> dict:
+    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20', '0,2,3'); missing lists keep those of `base`
+    (default TUNING_GRID)."""
     from .errors import UserError
 
-    grid = dict(TUNING_GRID)
+    grid = dict(base or TUNING_GRID)
     for key, text in (("percentile", percentiles), ("multiplier", multipliers), ("dominance", dominances)):
         if text is None:
             continue
@@ -607,7 +626,8 @@ def _cmd_evaluate(args) -> None:
     targets = parse_target_spec(args.targets, ConceptScores.load(scores_path).concepts)
     seeds = parse_seeds(args.seeds)
     tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
-    grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances)
+    grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances,
+                      base=paper_grid(ConceptScores.load(scores_path).scores.shape[-1]) if args.tune_grid == "saeuron-paper" else None)
     check_rules(args.selection, args.firing)
     check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
     if args.report:
@@ -646,6 +666,10 @@ def register_cli(sub) -> None:
     p.add_argument("--tune-seeds", default=None, help="tuning seeds, disjoint from --seeds (default: reuse stored values)")
     p.add_argument("--multiplier", type=MULTIPLIER, help="fixed multiplier for every target (instead of stored or tuned values)")
     p.add_argument("--percentile", type=PERCENTILE, help="fixed selection percentile for every target")
+    p.add_argument("--tune-grid", default="minicanvas", choices=GRIDS,
+                   help="the grid --tune-seeds searches: 'minicanvas' (default: percentiles 99.5/99.7/99.9 x multipliers "
+                        "-1/-5/-10/-20) or 'saeuron-paper' (the paper's 1, 2 or 3 features a step at this SAE's width x "
+                        "multipliers -1/-5/-10/-15/-20/-25/-30); --tune-percentiles / --tune-multipliers override either")
     p.add_argument("--tune-percentiles", help=f"percentiles to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['percentile']))})")
     p.add_argument("--tune-multipliers", help=f"multipliers to search with --tune-seeds (default {','.join(map(str, TUNING_GRID['multiplier']))})")
     p.add_argument("--dominance", type=DOMINANCE, help="fixed minimum dominance for every target: keep only features the target fires at "

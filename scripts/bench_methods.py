@@ -7,9 +7,11 @@ unlearned-model folder (default settings, seed 0) and `evaluate --unlearned` mea
 CRA, fidelity (Frechet distance on classifier features, changed-label share on kept prompts) on
 the evaluation seeds, which no choice of any method looked at. SAeUron first builds a run like the
 demo's (cache seeds 0-3, one SAE per hookpoint), tunes each target on the tuning seeds, and is
-reported twice: as the paper (`saeuron`: styles at the fixed setting 99.7 / -1; objects tuned over
-the grid) and as this project's variant (`saeuron-specific`: styles with the `specific` selection
-and a minimum dominance tuned per style). Every step resumes where it stopped.
+reported three times: as the paper (`saeuron-paper`: styles at 1 feature a step and multiplier -1,
+objects tuned over 1-3 features a step x multipliers -1 ... -30), with this project's grid
+(`saeuron`: styles at percentile 99.7, ~3 features, -1; objects over 99.5/99.7/99.9 x -1/-5/-10/-20)
+and as its best variant (`saeuron-specific`: the `specific` selection, styles with a minimum
+dominance tuned per style). Every step resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -29,21 +31,24 @@ from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.ablate import TUNED_FILE, load_ablation_site  # noqa: E402
-from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, run_unlearned_evaluation, tune_target  # noqa: E402
+from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
 
 TARGETS = ["style:neon", "style:ocean", "style:lava", "object:star", "object:ring", "object:heart"]
-# name -> (method, settings, SAeUron's selection rule and tuned grid per kind)
+# name -> (method, SAeUron's selection rule, its setting per kind: "paper-fixed" (the paper's style setting: 1 feature a
+# step, multiplier -1), "fixed" (this project's: 99.7, ~3 features, multiplier -1), "paper-grid" (tuned over the
+# paper's 1-3 features x -1 ... -30) or a tuning grid)
 VARIANTS = {
-    "saeuron": ("saeuron", "saeuron", {"style": None, "object": TUNING_GRID}),
+    "saeuron-paper": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
+    "saeuron": ("saeuron", "saeuron", {"style": "fixed", "object": TUNING_GRID}),
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
                                                  "object": TUNING_GRID}),
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
     "ca": ("ca", None, None), "spm": ("spm", None, None),
 }
 PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
-    "saeuron": (95.80, 99.10, 99.40, 87.16, 85.57, 74.14), "esd-x": (98.58, 80.97, 93.96, 92.15, 55.78, 44.23),
+    "saeuron-paper": (95.80, 99.10, 99.40, 87.16, 85.57, 74.14), "esd-x": (98.58, 80.97, 93.96, 92.15, 55.78, 44.23),
     "uce": (98.40, 60.22, 47.71, 94.31, 39.35, 34.67), "ca": (60.82, 96.01, 92.70, 46.67, 90.11, 81.97),
     "spm": (60.94, 92.39, 84.33, 71.25, 90.79, 81.65),
 }
@@ -64,10 +69,13 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
     sae = run / "saes" / f"{hookpoint}.{name}"
     if not sae.exists():
         shutil.copytree(run / "saes" / hookpoint, sae, ignore=shutil.ignore_patterns("checkpoints"))
-    grid = grids[kind]
-    if grid is None:  # the paper's fixed style setting
-        return [f"sae={sae}", "percentile=99.7", "multiplier=-1", "dominance=0", f"selection={selection}"]
     site = load_ablation_site(sae, pipe, selection)
+    width = site.scores.scores.shape[-1]
+    rule = grids[kind]
+    if rule in ("fixed", "paper-fixed"):
+        percentile = 99.7 if rule == "fixed" else paper_percentile(1, width)
+        return [f"sae={sae}", f"percentile={percentile}", "multiplier=-1", "dominance=0", f"selection={selection}"]
+    grid = paper_grid(width) if rule == "paper-grid" else rule
     if target not in site.tuned:  # SAeUron's per-target search on the tuning seeds alone
         best = tune_target(pipe, site, target, tune_seeds, sampler, grid)
         site.tuned[target] = {**best, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}

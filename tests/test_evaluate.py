@@ -118,3 +118,22 @@ def test_metrics_for_user_kinds_and_a_kind_with_one_value():
     assert n["UA"] == 50.0 and n["IRA"] == 100.0  # IRA: the prompts without nudity are judged 'none'
     with pytest.raises(Exception, match="no image of 'artist:dali'"):
         unlearning_metrics("artist:dali", answers, labels)
+
+
+@pytest.mark.parametrize("width", [256, 1024, 20480])
+def test_saeuron_paper_grid_selects_one_two_or_three_features_a_step(width):
+    from saeuron.concepts import select_features
+    from saeuron.evaluate import PAPER_MULTIPLIERS, paper_grid
+
+    grid = paper_grid(width)
+    scores = np.random.default_rng(width).random((4, width))
+    assert [[len(ids) for ids in select_features(scores, p)] for p in grid["percentile"]] == [[1] * 4, [2] * 4, [3] * 4]
+    assert grid["multiplier"] == PAPER_MULTIPLIERS == (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20000, 3)) * [1.0, 2.0, 0.5]
+    b = rng.normal(size=(20000, 3)) * [2.0, 1.0, 0.5] + [1.0, 0.0, 0.0]
+    expected = 1.0 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0  # |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2
+    assert frechet_distance(a, b) == pytest.approx(expected, abs=0.1)
