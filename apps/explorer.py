@@ -447,6 +447,15 @@ def ablation_settings(scores, concepts: list[str]) -> dict[str, dict]:
     return settings
 
 
+def eval_seed() -> int:
+    """The run's first evaluation seed (what its report shows), else 0."""
+    try:
+        seeds = json.loads(info.eval_results.read_text())["config"]["seeds"] if info.eval_results else []
+        return int(seeds[0]) if seeds else 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return 0
+
+
 def ablate_page() -> None:
     if not need("sae"):
         return
@@ -457,7 +466,8 @@ def ablate_page() -> None:
     concept_set = run_concept_set()
     prompt = pick_prompt(concept_set)
     c1, c2, c3 = st.columns(3)
-    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="ab_seed")
+    seed = c1.number_input("Seed", 0, 2**31 - 1, eval_seed(), key="ab_seed",
+                           help="starts at the run's first evaluation seed (eval/results.json), else 0")
     steps = c2.number_input("Sampler steps", 1, 200, 25, key="ab_steps")
     cfg = c3.number_input("CFG scale", 0.0, 30.0, cache_cfg, key="ab_cfg")
     st.caption(f"The concept scores cover {cache_steps} cached steps; other step counts use the cached step of nearest timestep.")

@@ -87,7 +87,7 @@ def with_stored_settings(app_run: Path, dest: Path) -> Path:
     (dest / "eval" / "style-neon.json").write_text(json.dumps(
         {"targets": {"style:neon": {"UA": 90.0, "percentile": 95.5, "multiplier": -7.0, "dominance": 0.0}}, "config": config}))
     (dest / "eval" / "results.json").write_text(json.dumps(  # the demo's merge: its hookpoint is "per target"
-        {"targets": {"style:neon": {"percentile": 1.0, "multiplier": -1.0}}, "config": {**config, "hookpoint": "per target"}}))
+        {"targets": {"style:neon": {"percentile": 1.0, "multiplier": -1.0}}, "config": {**config, "hookpoint": "per target", "seeds": [7]}}))
     (dest / "eval" / "other.json").write_text(json.dumps(  # another hookpoint's evaluation: not this SAE's setting
         {"targets": {"object:ring": {"percentile": 90.0, "multiplier": -3.0}}, "config": {**config, "hookpoint": "elsewhere"}}))
     (dest / "saes" / HP / "tuned.json").write_text(json.dumps(
@@ -413,12 +413,13 @@ def test_ablate_page_everywhere_from_stored_setting(app_run, tmp_path):
     assert at.number_input(key=f"ab_mult:{HP}:style:neon").value == -7.0
     assert at.number_input(key=f"ab_dom:{HP}:object:star").value == 1.5
     assert any("tuned (tuned.json, seeds [100])" in c.value for c in at.caption)
+    assert at.number_input(key="ab_seed").value == 7  # the run's evaluation seed
     at.multiselect(key=f"ab_concepts:{HP}").set_value(["style:neon"])
     at.number_input(key="ab_steps").set_value(1)
     at.button(key="ab_grid").click().run()
     _clean(at)
     n = len(STYLE_NAMES) * len(OBJECTS)
-    assert f"**Everywhere** · {n} prompts · seed 0 · ablated style:neon (95.5 / -7)" in _texts(at)
+    assert f"**Everywhere** · {n} prompts · seed 7 · ablated style:neon (95.5 / -7)" in _texts(at)
     summary = at.dataframe[-1].value
     assert summary["target"].tolist() == ["style:neon"]
     assert summary["recognised as it (before → after)"].iloc[0].endswith(f"/{len(OBJECTS)}")
