@@ -120,6 +120,13 @@ def mean_of(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
 
+def machine() -> str:
+    """Where the numbers were measured (they move with the machine: float rounding changes SAEs and trained weights)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA, float32), torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     cmd = "python scripts/bench_methods.py " + " ".join(sys.argv[1:])
     lines = ["# Unlearning methods side by side on minicanvas", "",
@@ -128,7 +135,8 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
              f"(UnlearnCanvas metrics by the minicanvas classifier over the 110-prompt grid), which no setting of any method "
              "looked at. SAeUron tuned on seeds " + args.tune_seeds + ", cached on seeds " + args.cache_seeds + ". "
              "Fidelity on kept prompts: Frechet distance of classifier features, share of images whose labels changed. "
-             "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE).", "",
+             "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE). "
+             f"Machine: {machine()}.", "",
              "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | Frechet | changed labels | unlearn time (s/target) | generation time / plain | storage (MB/target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in table.items():
@@ -158,6 +166,8 @@ def main():
     p.add_argument("--tune-seeds", default="100-101")
     p.add_argument("--eval-seeds", default="300-304")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "METHODS.md")
+    p.add_argument("--png-dir", type=Path, default=ROOT / "benchmarks" / "methods", help="where the per-method grids go")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps")
     args = p.parse_args()
     names = [m for m in args.methods.split(",") if m]
     unknown = [m for m in names if m not in VARIANTS]
@@ -166,7 +176,7 @@ def main():
     eval_seeds, tune_seeds, cache_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds), parse_seeds(args.cache_seeds)
     if set(eval_seeds) & (set(tune_seeds) | set(cache_seeds)):
         raise SystemExit("evaluation seeds must be disjoint from cache and tuning seeds")
-    pipe = load_pipeline()
+    pipe = load_pipeline(device=args.device)
     sampler = resolve_sampler(pipe, SamplerConfig())
     concept_set = ConceptSet.minicanvas()
     run = args.run
@@ -209,7 +219,7 @@ def main():
         if "time_ratio" not in entry:
             entry["time_ratio"] = time_ratio(pipe, load_unlearned(folders[TARGETS[0]], pipe), sampler)
             (run / "table.json").write_text(json.dumps(table, indent=1))
-        png = ROOT / "benchmarks" / "methods" / f"{name}.png"
+        png = args.png_dir / f"{name}.png"
         if not png.exists():
             grid_png(pipe, name, folders, sampler, png, eval_seeds[0])
         write_markdown(args.out, {n: table[n] for n in VARIANTS if n in table}, args, eval_seeds)
