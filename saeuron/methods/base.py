@@ -154,6 +154,29 @@ def trajectory_bank(pipe, prompts: list[str], seeds: list[int], steps: int, guid
     return TrajectoryBank(torch.cat(latents), torch.cat(timesteps).to(device), torch.cat(index).to(device))
 
 
+@dataclass
+class EraseInputs:
+    """What ESD's erase term needs (ESD, SPM): the targets' prompts, x_t of the base model on them, their UNet
+    conditions and the empty prompt's."""
+
+    prompts: list[str]
+    bank: TrajectoryBank
+    cond: dict
+    empty: dict
+
+
+@torch.no_grad()
+def erase_inputs(ctx: "FitContext") -> EraseInputs:
+    """The erase inputs of a fit: a trajectory bank of `bank_seeds` samples per target prompt at `start_guidance`."""
+    from ..pipelines import prompt_conditions
+
+    p = ctx.params
+    prompts = list(dict.fromkeys(t for t, _ in training_prompts(ctx.targets, ctx.concept_set)))
+    bank = trajectory_bank(ctx.pipe, prompts, [ctx.seed * 1000 + i for i in range(int(p["bank_seeds"]))], int(p["steps"]),
+                           float(p["start_guidance"]))
+    return EraseInputs(prompts, bank, prompt_conditions(ctx.pipe, prompts), prompt_conditions(ctx.pipe, [""]))
+
+
 def parameter_group(unet, group: str) -> dict[str, torch.nn.Parameter]:
     """The UNet parameters a method trains: 'xattn' every cross-attention (attn2) parameter (ESD-x); 'xattn-kv' the
     cross-attention key and value projections (CA, UCE); 'noxattn' everything but cross-attention, the time embedding

@@ -22,8 +22,8 @@ def _token_ids(pipe, text: str) -> list[int]:
 
 
 def _start(pipe, prompt: str, phrase: str) -> int:
-    """Position of the phrase's first token in the prompt's token sequence, else of the end-of-text token."""
-    ids = pipe.tokenizer(prompt).input_ids
+    """Position of the phrase's first token in the prompt's (truncated) token sequence, else of its end-of-text token."""
+    ids = pipe.tokenizer(prompt, truncation=True, max_length=pipe.tokenizer.model_max_length).input_ids
     sub = _token_ids(pipe, phrase) if phrase else []
     for i in range(len(ids) - len(sub) + 1):
         if sub and ids[i : i + len(sub)] == sub:
