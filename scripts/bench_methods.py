@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
-from saeuron.ablate import TUNED_FILE, load_ablation_site  # noqa: E402
+from saeuron.ablate import load_ablation_site  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
@@ -58,29 +58,54 @@ def slug(target: str) -> str:
     return target.replace(":", "-")
 
 
-def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int], sampler) -> list[str]:
-    """Tune SAeUron's setting for the target on the tuning seeds (into the SAE folder's tuned.json, as `evaluate
-    --tune-seeds` does) and return the settings of its unlearned folder; each variant tunes its own copy of the SAE."""
-    import shutil
-
+def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int], sampler) -> tuple[str, list[str]]:
+    """The SAE folder and the explicit settings of SAeUron's unlearned folder for the target: a fixed setting, or the
+    best of the variant's grid on the tuning seeds alone (SAeUron's per-target search, as `evaluate --tune-seeds`),
+    recorded with every grid point in run/tuning/<variant>/<target>.json (one file per job: jobs run in parallel)."""
     kind = Concept.parse(target).kind
     hookpoint = STYLE_HOOKPOINT if kind == "style" else OBJECT_HOOKPOINT
     _, selection, grids = VARIANTS[name]
-    sae = run / "saes" / f"{hookpoint}.{name}"
-    if not sae.exists():
-        shutil.copytree(run / "saes" / hookpoint, sae, ignore=shutil.ignore_patterns("checkpoints"))
+    sae = run / "saes" / hookpoint
     site = load_ablation_site(sae, pipe, selection)
     width = site.scores.scores.shape[-1]
     rule = grids[kind]
     if rule in ("fixed", "paper-fixed"):
-        percentile = 99.7 if rule == "fixed" else paper_percentile(1, width)
-        return [f"sae={sae}", f"percentile={percentile}", "multiplier=-1", "dominance=0", f"selection={selection}"]
-    grid = paper_grid(width) if rule == "paper-grid" else rule
-    if target not in site.tuned:  # SAeUron's per-target search on the tuning seeds alone
-        best = tune_target(pipe, site, target, tune_seeds, sampler, grid)
-        site.tuned[target] = {**best, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}
-        (sae / TUNED_FILE).write_text(json.dumps(site.tuned, indent=1))
-    return [f"sae={sae}", f"selection={selection}"]
+        best = {"percentile": 99.7 if rule == "fixed" else paper_percentile(1, width), "multiplier": -1.0, "dominance": 0.0}
+    else:
+        record = run / "tuning" / name / f"{slug(target)}.json"
+        if not record.exists():
+            grid = paper_grid(width) if rule == "paper-grid" else rule
+            tuned = tune_target(pipe, site, target, tune_seeds, sampler, grid)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({**tuned, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}, indent=1))
+        best = json.loads(record.read_text())
+    return str(sae), [f"{k}={best[k]}" for k in ("percentile", "multiplier", "dominance")] + [f"selection={selection}"]
+
+
+def run_job(pipe, run: Path, name: str, target: str, eval_seeds: list[int], tune_seeds: list[int], sampler, base_images) -> dict:
+    """Unlearn one target with one variant and evaluate it on the evaluation seeds (both resumable), into
+    run/results/<variant>/<target>.json."""
+    method = VARIANTS[name][0]
+    out = run / "results" / name / f"{slug(target)}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    folder = run / "unlearned" / name / slug(target)
+    if not (folder / "unlearn.json").exists():
+        sae, settings = sae_settings(pipe, run, name, target, tune_seeds, sampler) if method == "saeuron" else (None, [])
+        print(f"[{name}] unlearning {target}", flush=True)
+        unlearn(method, [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None)
+    record = json.loads((folder / "unlearn.json").read_text())
+    res = run_unlearned_evaluation(folder, eval_seeds, sampler, run / "eval" / name / f"{slug(target)}.json", None, pipe,
+                                   base_images=base_images)
+    m = res["targets"][target]
+    storage = record["storage_bytes"] if method != "saeuron" else sum(f.stat().st_size for f in Path(record["sae"]).glob("*.safetensors"))
+    row = {"UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "frechet": m["fidelity"]["frechet_classifier_features"],
+           "changed": m["fidelity"]["changed_label_share"], "wall_time_s": record["wall_time_s"], "storage_mb": storage / 1e6,
+           "params": record["params"], "machine": machine()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=1))
+    print(f"[{name}] {target}: UA {m['UA']:.1f} IRA {m['IRA']:.1f} CRA {m['CRA']:.1f}", flush=True)
+    return row
 
 
 def time_ratio(pipe, unlearned, sampler, n: int = 50) -> float:
@@ -129,6 +154,7 @@ def machine() -> str:
 
 def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     cmd = "python scripts/bench_methods.py " + " ".join(sys.argv[1:])
+    machines = sorted({r.get("machine", machine()) for t in table.values() for r in t["targets"].values()}) or [machine()]
     lines = ["# Unlearning methods side by side on minicanvas", "",
              f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Targets {', '.join(TARGETS)}; every method at its "
              f"default setting (`saeuron unlearn --method M --show`), seed 0; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} "
@@ -136,7 +162,8 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
              "looked at. SAeUron tuned on seeds " + args.tune_seeds + ", cached on seeds " + args.cache_seeds + ". "
              "Fidelity on kept prompts: Frechet distance of classifier features, share of images whose labels changed. "
              "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE). "
-             f"Machine: {machine()}.", "",
+             f"Machine: {'; '.join(machines)}" + (f"; {args.jobs} jobs in parallel processes (unlearn times include their "
+             "contention; generation times were measured alone)" if args.jobs > 1 else "") + ".", "",
              "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | Frechet | changed labels | unlearn time (s/target) | generation time / plain | storage (MB/target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in table.items():
@@ -158,27 +185,63 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+# slowest first, so that parallel jobs finish together
+COST_ORDER = ["ca", "spm", "saeuron-paper", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+
+
+def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:
+    """Each (variant, target) in its own process, n at a time (on a GPU the small model leaves it mostly idle, so
+    parallel processes fill it); returns the jobs that failed. Logs in run/logs/."""
+    import os
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 2) // n)
+    (args.run / "logs").mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(jobs), {}, []
+    while pending or running:
+        while pending and len(running) < n:
+            name, target = pending.pop(0)
+            log = args.run / "logs" / f"{name}-{slug(target)}.log"
+            cmd = [sys.executable, __file__, "--run", str(args.run), "--device", args.device, "--eval-seeds", args.eval_seeds,
+                   "--tune-seeds", args.tune_seeds, "--cache-seeds", args.cache_seeds, "--threads", str(threads),
+                   "--job", f"{name}@{target}"]
+            running[subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)] = (name, target, log)
+        time.sleep(1)
+        for proc in [q for q in running if q.poll() is not None]:
+            name, target, log = running.pop(proc)
+            tail = log.read_text().strip().splitlines()[-1:] or [""]
+            print(f"[{name}] {target}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode}), see {log}'}: {tail[0]}", flush=True)
+            if proc.returncode:
+                failed.append((name, target))
+    return failed
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=ROOT / "activations" / "methods")
     p.add_argument("--methods", default=",".join(VARIANTS))
+    p.add_argument("--targets", default=",".join(TARGETS), help="a subset of the fixed targets (for a quick check)")
     p.add_argument("--cache-seeds", default="0-3")
     p.add_argument("--tune-seeds", default="100-101")
     p.add_argument("--eval-seeds", default="300-304")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "METHODS.md")
     p.add_argument("--png-dir", type=Path, default=ROOT / "benchmarks" / "methods", help="where the per-method grids go")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--jobs", type=int, default=1, help="(variant, target) jobs run in parallel processes (on a GPU: 8-14)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of this process")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: VARIANT@TARGET
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     names = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in names if m not in VARIANTS]
+    targets = [t for t in args.targets.split(",") if t]
+    unknown = [m for m in names if m not in VARIANTS] + [t for t in targets if t not in TARGETS]
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(VARIANTS)}")
+        raise SystemExit(f"unknown methods or targets {unknown}; valid: {', '.join(VARIANTS)}; {', '.join(TARGETS)}")
     eval_seeds, tune_seeds, cache_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds), parse_seeds(args.cache_seeds)
     if set(eval_seeds) & (set(tune_seeds) | set(cache_seeds)):
         raise SystemExit("evaluation seeds must be disjoint from cache and tuning seeds")
     pipe = load_pipeline(device=args.device)
     sampler = resolve_sampler(pipe, SamplerConfig())
-    concept_set = ConceptSet.minicanvas()
     run = args.run
     base_path = run / "base_images.pt"
     if base_path.exists():
@@ -186,46 +249,38 @@ def main():
     else:
         run.mkdir(parents=True, exist_ok=True)
         base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)
-        torch.save(base_images, base_path)
+        torch.save(base_images, base_path.with_suffix(".partial"))
+        base_path.with_suffix(".partial").rename(base_path)
+    if args.job:
+        name, target = args.job.split("@")
+        run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
+        return
     if any(VARIANTS[n][0] == "saeuron" for n in names):
         build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe)
-    table = json.loads((run / "table.json").read_text()) if (run / "table.json").exists() else {}
-    for name in names:
-        method = VARIANTS[name][0]
-        entry = table.setdefault(name, {"targets": {}})
-        folders = {}
-        for target in TARGETS:
-            folder = run / "unlearned" / name / slug(target)
-            folders[target] = folder
-            if not (folder / "unlearn.json").exists():
-                settings = sae_settings(pipe, run, name, target, tune_seeds, sampler) if method == "saeuron" else []
-                sae = next((s.split("=", 1)[1] for s in settings if s.startswith("sae=")), None)
-                settings = [s for s in settings if not s.startswith("sae=")]
-                print(f"[{name}] unlearning {target}", flush=True)
-                unlearn(method, [target], folder, pipe, "minicanvas", concept_set, 0, settings, sae=sae, log=lambda s: None)
-            if target in entry["targets"]:
-                continue
-            record = json.loads((folder / "unlearn.json").read_text())
-            res = run_unlearned_evaluation(folder, eval_seeds, sampler, run / "eval" / name / f"{slug(target)}.json", None, pipe,
-                                           base_images=base_images)
-            m = res["targets"][target]
-            storage = record["storage_bytes"] if method != "saeuron" else sum(
-                f.stat().st_size for f in Path(record["sae"]).glob("*.safetensors"))
-            entry["targets"][target] = {"UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "frechet": m["fidelity"]["frechet_classifier_features"],
-                                        "changed": m["fidelity"]["changed_label_share"], "wall_time_s": record["wall_time_s"],
-                                        "storage_mb": storage / 1e6, "params": record["params"]}
-            print(f"[{name}] {target}: UA {m['UA']:.1f} IRA {m['IRA']:.1f} CRA {m['CRA']:.1f}", flush=True)
-            (run / "table.json").write_text(json.dumps(table, indent=1))
-        if "time_ratio" not in entry:
-            entry["time_ratio"] = time_ratio(pipe, load_unlearned(folders[TARGETS[0]], pipe), sampler)
-            (run / "table.json").write_text(json.dumps(table, indent=1))
+    jobs = [(n, t) for n in sorted(names, key=COST_ORDER.index) for t in targets
+            if not (run / "results" / n / f"{slug(t)}.json").exists()]
+    failed = run_jobs(jobs, args.jobs, args) if args.jobs > 1 else []
+    for name, target in ([] if args.jobs > 1 else jobs):
+        run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
+    table = {}
+    for name in names:  # sequential, alone on the machine: generation time and the grids
+        rows = {t: json.loads((run / "results" / name / f"{slug(t)}.json").read_text()) for t in TARGETS
+                if (run / "results" / name / f"{slug(t)}.json").exists()}
+        folders = {t: run / "unlearned" / name / slug(t) for t in rows}
+        if not rows:
+            continue
+        ratio_file = run / "results" / name / "time_ratio.json"
+        if not ratio_file.exists():
+            ratio_file.write_text(json.dumps(time_ratio(pipe, load_unlearned(next(iter(folders.values())), pipe), sampler)))
+        table[name] = {"targets": rows, "time_ratio": json.loads(ratio_file.read_text())}
         png = args.png_dir / f"{name}.png"
-        if not png.exists():
+        if not png.exists() and len(rows) == len(TARGETS):
             grid_png(pipe, name, folders, sampler, png, eval_seeds[0])
-        write_markdown(args.out, {n: table[n] for n in VARIANTS if n in table}, args, eval_seeds)
+    write_markdown(args.out, {n: table[n] for n in VARIANTS if n in table}, args, eval_seeds)
     print(args.out.read_text())
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs failed: {failed}")
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     main()
