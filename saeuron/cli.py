@@ -25,6 +25,7 @@ COMMANDS = {
     "score": ("saeuron.concepts", "per-timestep concept scores of every SAE feature (SAeUron)"),
     "unlearn": ("saeuron.unlearn", "erase concepts with any method (saeuron, esd-x, esd-u, uce, ca, spm) into an unlearned-model folder"),
     "evaluate": ("saeuron.evaluate", "UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation or of an unlearned-model folder"),
+    "attack": ("saeuron.attack", "white-box attacks (unlearndiffatk, inversion) on an unlearned-model folder: UA before and after"),
     "demo": ("saeuron.demo", "run the end-to-end SAeUron demo on the shipped minicanvas model"),
     "app": ("saeuron.app", "open the Streamlit explorer (features, concepts, ablation) on a run directory"),
 }

@@ -236,8 +236,8 @@ def main():
     p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: VARIANT@TARGET
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    names = [m for m in args.methods.split(",") if m]
-    targets = [t for t in args.targets.split(",") if t]
+    names = list(dict.fromkeys(m for m in args.methods.split(",") if m))  # a name given twice would race with itself
+    targets = list(dict.fromkeys(t for t in args.targets.split(",") if t))
     unknown = [m for m in names if m not in VARIANTS] + [t for t in targets if t not in TARGETS]
     if unknown:
         raise SystemExit(f"unknown methods or targets {unknown}; valid: {', '.join(VARIANTS)}; {', '.join(TARGETS)}")

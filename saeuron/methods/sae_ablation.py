@@ -36,8 +36,6 @@ class SAeUron(Method):
 
     @contextlib.contextmanager
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
-        import torch
-
         from ..ablate import ablate_acts, load_ablation_site
         from ..hooks import intervene
 
@@ -45,6 +43,9 @@ class SAeUron(Method):
             raise UserError(f"the SAE folder {record['sae']!r} that {str(folder)!r} names is not here")
         site = load_ablation_site(record["sae"], pipe, record["params"]["selection"], record["params"]["firing"])
         plan = site.plan(record["targets"], params=record["settings"]).to(site.sae.W_dec.device)
-        with torch.no_grad(), intervene(pipe, site.hookpoint, lambda acts, step, t: ablate_acts(site.sae, acts, plan.at(step, t)),
+        site.sae.requires_grad_(False)
+        # no torch.no_grad() here: sampling runs without gradients anyway, and attacks (saeuron/attack.py) differentiate
+        # through the ablation, as the paper's own UnlearnDiffAtk evaluation does
+        with intervene(pipe, site.hookpoint, lambda acts, step, t: ablate_acts(site.sae, acts, plan.at(step, t)),
                                         capture=site.capture) as hook:
             yield SampleHooks(on_step=hook.on_step)
