@@ -185,7 +185,9 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
               "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in PUBLISHED.items()]
     lines += ["", "ESD-u has no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x). Grids: `benchmarks/methods/<method>.png` "
-              "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept)."]
+              "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept).", "",
+              "What each row changes from its paper, which seeds each choice looked at, and what is weak: `benchmarks/RESULTS.md`. "
+              "Under attack: `benchmarks/ATTACKS.md`."]
     out.write_text("\n".join(lines) + "\n")
 
 
