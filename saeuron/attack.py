@@ -179,7 +179,7 @@ def attack_target(pipe, unlearned, target: str, eval_seeds: list[int], config: A
     eval_prompts = [p for p in prompts for _ in eval_seeds]
     gen = torch.Generator().manual_seed(config.seed)
     losses = []
-    with unlearned.method.applied(pipe, unlearned.folder, unlearned.record, eval_prompts, sampler) as hooks, \
+    with unlearned.applied(pipe, eval_prompts, sampler) as hooks, \
             EmbeddingOverride(pipe) as override, frozen(pipe.unet), frozen(pipe.text_encoder):
         opt = torch.optim.Adam(params, lr=config.lr)
         for it in range(config.iterations):

@@ -9,10 +9,12 @@ object that generates as the unlearned model through the one sampling loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -57,8 +59,25 @@ class Unlearned:
         return get_method(self.record["method"])
 
     @property
+    def chain(self) -> list["Unlearned"]:
+        """The folders whose edits this one was fitted on top of (`unlearn --after`), oldest first, then this one."""
+        if not self.record.get("after"):
+            return [self]
+        return load_unlearned(self.record["after"]).chain + [self]
+
+    @property
     def targets(self) -> list[str]:
-        return list(self.record["targets"])
+        """Every concept the model erases: those of the folders it was fitted after, then its own."""
+        return list(dict.fromkeys(t for u in self.chain for t in u.record["targets"]))
+
+    @contextlib.contextmanager
+    def applied(self, pipe, prompts: list[str], config) -> Iterator:
+        """Within the block, `pipelines.sample` with the yielded hooks generates as the unlearned model (each folder of
+        the chain applied in order; only edited-weights methods chain, so the last folder's hooks are the hooks)."""
+        with contextlib.ExitStack() as stack:
+            for u in self.chain:
+                hooks = stack.enter_context(u.method.applied(pipe, u.folder, u.record, prompts, config))
+            yield hooks
 
     @property
     def summary(self) -> str:
@@ -83,7 +102,7 @@ class Unlearned:
 
         config = resolve_sampler(pipe, config)
         prompts = list(prompts)
-        with torch.no_grad(), self.method.applied(pipe, self.folder, self.record, prompts, config) as hooks:
+        with torch.no_grad(), self.applied(pipe, prompts, config) as hooks:
             return sample(pipe, prompts, seeds, config, on_step=hooks.on_step, on_batch=hooks.on_batch)
 
 
@@ -136,34 +155,59 @@ def parse_settings(method, pairs: list[str]) -> dict:
             raise UserError(f"bad --set {pair!r}: {key} takes a {type(default).__name__}") from None
         if isinstance(value, float) and not torch.isfinite(torch.tensor(value)):
             raise UserError(f"bad --set {pair!r}: {key} must be a finite number")
-        if isinstance(value, (int, float)) and key in ("iterations", "batch_size", "bank_seeds", "steps", "anchors", "rank", "anchor_images") and value < 1:
+        if isinstance(value, (int, float)) and key in ("iterations", "batch_size", "bank_seeds", "steps", "anchors", "rank", "anchor_images",
+                                                       "repeats") and value < 1:
             raise UserError(f"bad --set {pair!r}: {key} must be >= 1")
         params[key] = value
     return params
 
 
+def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> None:
+    """Sequential unlearning (`--after`) chains methods that edit weights; SAeUron erases several concepts at once."""
+    from .methods.base import EditedWeightsMethod
+
+    if previous is None:
+        return
+    if not isinstance(method, EditedWeightsMethod):
+        raise UserError(f"--after chains weight edits (esd-x, esd-u, uce, ca), not {method.name}"
+                        + ("; SAeUron merges feature sets: give every concept to --targets" if method.name == "saeuron" else ""))
+    if bad := [u.record["method"] for u in previous.chain if not isinstance(u.method, EditedWeightsMethod)]:
+        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}, which edits no weights; "
+                        "only esd-x, esd-u, uce and ca chain")
+    if again := [t for t in targets if t in previous.targets]:
+        raise UserError(f"--after {str(previous.folder)!r} already erases {', '.join(again)}")
+
+
 def unlearn(method_name: str, targets: list[str], out: Path, pipe, model: str, concept_set: ConceptSet, seed: int = 0,
-            settings: list[str] | None = None, sae: str | None = None, log=print) -> dict:
-    """Fit the method and write the unlearned-model folder (built in a side folder, moved into place when complete)."""
+            settings: list[str] | None = None, sae: str | None = None, log=print, after: Path | None = None) -> dict:
+    """Fit the method and write the unlearned-model folder (built in a side folder, moved into place when complete);
+    with `after`, fit it on the model that folder describes (sequential unlearning)."""
     from .methods import FitContext, get_method
     from .methods.base import Stopwatch
+    from .pipelines import SamplerConfig
 
     method = get_method(method_name)
     params = parse_settings(method, settings or [])
+    previous = load_unlearned(after, pipe) if after is not None else None
+    check_chain(method, previous, targets)
     if (out / RECORD_FILE).exists():
         raise UserError(f"{str(out)!r} already holds an unlearned model; choose another --out")
+    fingerprint = model_fingerprint(pipe)  # of the base model, before any chained edit
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     torch.manual_seed(seed)
     watch = Stopwatch(pipe.unet.device)
-    extra = method.fit(FitContext(pipe, targets, concept_set, params, seed, work, sae=sae, log=log))
+    with previous.applied(pipe, [], SamplerConfig()) if previous else contextlib.nullcontext():
+        extra = method.fit(FitContext(pipe, targets, concept_set, params, seed, work, sae=sae, log=log))
+    if previous:
+        extra["after"] = str(previous.folder.resolve())
     record = {
         "format": FORMAT, "method": method.name, "summary": method.summary, "targets": targets, "seed": seed, "params": params,
         "paper": {k: h.paper for k, h in method.defaults.items()},
         "deviations": {k: h.why for k, h in method.defaults.items() if h.why and params[k] == h.value and h.value != h.paper},
         "notes": {k: h.why for k, h in method.defaults.items() if h.why and not (params[k] == h.value and h.value != h.paper)},
-        "base_model": {"name": model, "fingerprint": model_fingerprint(pipe), "dtype": str(pipe.unet.dtype).removeprefix("torch.")},
+        "base_model": {"name": model, "fingerprint": fingerprint, "dtype": str(pipe.unet.dtype).removeprefix("torch.")},
         "concept_set": {"name": concept_set.name, "prompts": len(concept_set.rows), "sha256": concept_set.digest()},
         **watch.record(), **extra,
     }
@@ -212,9 +256,12 @@ def _cmd_unlearn(args) -> None:
         raise UserError("--method saeuron needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
     if method.name != "saeuron" and args.sae:
         raise UserError(f"--sae is for --method saeuron, not {method.name}")
+    previous = load_unlearned(args.after) if args.after else None  # the folder itself first; the base model once loaded
+    check_chain(method, previous, targets)
     device, dtype = device_from_args(args)
     pipe = load_pipeline(args.model, dtype, device)
-    record = unlearn(method.name, targets, out, pipe, args.model, concept_set, args.seed, args.set, args.sae)
+    record = unlearn(method.name, targets, out, pipe, args.model, concept_set, args.seed, args.set, args.sae,
+                     after=Path(args.after) if args.after else None)
     print(f"{method.name} unlearned {', '.join(targets)} in {record['wall_time_s']:.1f} s "
           f"(peak {record['peak_memory_mb']:.0f} MB, {record['storage_bytes'] / 1e6:.2f} MB on disk) -> {out}")
 
@@ -233,6 +280,8 @@ def register_cli(sub) -> None:
     p.add_argument("--prompts", help="labelled prompt file (.csv / .jsonl) the method trains on (default: minicanvas's prompts)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the method's sampling and training (default 0)")
     p.add_argument("--sae", help="--method saeuron: the SAE folder (with concepts.h5) whose features are ablated")
+    p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca); "
+                                   "the new folder erases its targets and the chain's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable); --show lists them")
     p.add_argument("--show", action="store_true", help="print the method's settings, the paper's values and why they differ, and exit")
     add_device_args(p)

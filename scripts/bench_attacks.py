@@ -28,7 +28,7 @@ from saeuron.evaluate import paper_percentile  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
 from saeuron.unlearn import unlearn  # noqa: E402
 
-METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "spm"]
+METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "spm", "unguide"]
 THREAT_MODEL = (
     "Threat model. Both attacks are white-box: the attacker has the unlearned model's gradients (through its edited "
     "weights, its adapter, or SAeUron's ablation hook, which stays in the graph as in the paper's own evaluation) and "

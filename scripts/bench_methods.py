@@ -46,7 +46,7 @@ VARIANTS = {
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
                                                  "object": TUNING_GRID}),
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
-    "ca": ("ca", None, None), "spm": ("spm", None, None),
+    "ca": ("ca", None, None), "spm": ("spm", None, None), "unguide": ("unguide", None, None),
 }
 # variants that change the tuning seeds (default --tune-seeds): saeuron-paper-t5 is saeuron-paper tuned on 5 seeds, not 2
 TUNE_SEEDS = {"saeuron-paper-t5": "100-104"}
@@ -184,7 +184,7 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     lines += ["", "## Published UnlearnCanvas rows (Stable Diffusion 1.5, 50 styles x 20 objects: not comparable in absolute terms)", "",
               "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in PUBLISHED.items()]
-    lines += ["", "ESD-u has no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x). Grids: `benchmarks/methods/<method>.png` "
+    lines += ["", "ESD-u and UnGuide have no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x; UnGuide's paper evaluates CIFAR-10 classes and I2P). Grids: `benchmarks/methods/<method>.png` "
               "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept).", "",
               "What each row changes from its paper, which seeds each choice looked at, and what is weak: `benchmarks/RESULTS.md`. "
               "Under attack: `benchmarks/ATTACKS.md`."]
@@ -192,7 +192,7 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
 
 
 # slowest first, so that parallel jobs finish together
-COST_ORDER = ["ca", "spm", "saeuron-paper-t5", "saeuron-paper", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+COST_ORDER = ["ca", "spm", "unguide", "saeuron-paper-t5", "saeuron-paper", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
 
 
 def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:

@@ -79,7 +79,7 @@ def test_gradients_flow_through_saeurons_ablation(tiny_run, tmp_path, minicanvas
             return denoising_loss(minicanvas_pipe, hooks, FAST.steps, x0, prompt_conditions(minicanvas_pipe, prompts),
                                   torch.Generator().manual_seed(0))
 
-    with unlearned.method.applied(minicanvas_pipe, folder, unlearned.record, prompts, FAST) as hooks:
+    with unlearned.applied(minicanvas_pipe, prompts, FAST) as hooks:
         ablated = loss(hooks)
         ablated.backward()
     assert vectors.grad is not None and vectors.grad.abs().sum() > 0

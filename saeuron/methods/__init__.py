@@ -5,6 +5,7 @@
     uce      UCE: closed-form cross-attention edit (uce.py)
     ca       Concept Ablation, model-based (ca.py)
     spm      SPM: rank-1 adapters through peft, facilitated transport (spm.py)
+    unguide  UnGuide: rank-1 LoRA on cross-attention k, v, UnGuidance at inference (unguide.py)
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def methods() -> dict[str, Method]:
     from .sae_ablation import SAeUron
     from .spm import SPM
     from .uce import UCE
+    from .unguide import UnGuide
 
-    return {m.name: m for m in (SAeUron(), ESD("esd-x", "xattn"), ESD("esd-u", "noxattn"), UCE(), CA(), SPM())}
+    return {m.name: m for m in (SAeUron(), ESD("esd-x", "xattn"), ESD("esd-u", "noxattn"), UCE(), CA(), SPM(), UnGuide())}
 
 
 def get_method(name: str) -> Method:

@@ -307,3 +307,52 @@ class Stopwatch:
         else:
             peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
         return {"wall_time_s": round(time.perf_counter() - self.start, 2), "peak_memory_mb": round(peak, 1), "peak_memory_of": what}
+
+
+# ---------------------------------------------------------------- peft adapters (SPM, UnGuide)
+
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+@contextlib.contextmanager
+def trainable_adapter(unet, config, name: str, seed: int) -> Iterator[list[torch.nn.Parameter]]:
+    """Within the block the UNet carries a new peft adapter (initialised from `seed`) whose parameters are the only
+    ones with gradients; after it, the plain layers (`unload_lora`: `delete_adapters` would leave peft's wrappers,
+    renaming parameters)."""
+    torch.manual_seed(seed)  # peft's initialisation of the adapters' down projections
+    unet.add_adapter(config, adapter_name=name)
+    try:
+        with frozen(unet):
+            trained = [p for n, p in unet.named_parameters() if "lora_" in n and f".{name}." in n]
+            for p in trained:
+                p.requires_grad_(True)
+            yield trained
+    finally:
+        unet.unload_lora()
+
+
+def save_adapter(unet, config, name: str, out: Path) -> dict:
+    """The adapter in peft's format (adapter_model.safetensors, adapter_config.json); the record's part."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(unet, adapter_name=name)
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}, str(out / ADAPTER_FILE))
+    config.save_pretrained(str(out))
+    return {"weights": ADAPTER_FILE, "adapted_layers": len(config.target_modules), "adapter_parameters": sum(v.numel() for v in state.values())}
+
+
+@contextlib.contextmanager
+def loaded_adapter(unet, folder: Path, record: dict, name: str) -> Iterator[None]:
+    """Within the block the UNet carries the folder's adapter; after it, the plain layers."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    unet.add_adapter(LoraConfig.from_pretrained(str(folder)), adapter_name=name)
+    try:
+        set_peft_model_state_dict(unet, load_file(str(folder / record["weights"])), adapter_name=name)
+        yield
+    finally:
+        unet.unload_lora()

@@ -18,10 +18,10 @@ import torch
 
 from ..concept_set import Concept
 from ..pipelines import prompt_conditions
-from .base import FitContext, Hyper, Method, SampleHooks, erase_inputs, index_conditions, train_loop, unet_out
+from .base import (FitContext, Hyper, Method, SampleHooks, erase_inputs, index_conditions, loaded_adapter, save_adapter, train_loop,
+                   trainable_adapter, unet_out)
 
 ADAPTER = "spm"
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def transformer_layers(unet) -> list[str]:
@@ -67,21 +67,13 @@ class SPM(Method):
 
     def fit(self, ctx: FitContext) -> dict:
         from peft import LoraConfig
-        from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
         pipe, p = ctx.pipe, ctx.params
         unet = pipe.unet
         inputs = erase_inputs(ctx)
         bank, cond, empty = inputs.bank, inputs.cond, inputs.empty
         gen = torch.Generator().manual_seed(ctx.seed)
-        torch.manual_seed(ctx.seed)  # peft's initialisation of the adapters' down projections
         config = LoraConfig(r=int(p["rank"]), lora_alpha=float(p["alpha"]), target_modules=transformer_layers(unet), init_lora_weights=True)
-        unet.add_adapter(config, adapter_name=ADAPTER)
-        unet.requires_grad_(False)
-        trained = [prm for n, prm in unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n]
-        for prm in trained:
-            prm.requires_grad_(True)
         eta, n, n_anchor, la = float(p["negative_guidance"]), int(p["batch_size"]), int(p["anchors"]), float(p["la_strength"])
 
         def loss(step: int) -> torch.Tensor:
@@ -102,25 +94,14 @@ class SPM(Method):
             keep = torch.nn.functional.mse_loss(unet_out(unet, xa, ta, anchor).float(), base_anchor.float())
             return erase + la * keep
 
-        try:
+        with trainable_adapter(unet, config, ADAPTER, ctx.seed) as trained:
             losses = train_loop(trained, loss, int(p["iterations"]), float(p["lr"]), ctx.log)
-            state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}, str(ctx.out / ADAPTER_FILE))
-            config.save_pretrained(str(ctx.out))
-        finally:
-            unet.unload_lora()  # back to the plain layers (delete_adapters would leave peft wrappers, renaming parameters)
-        return {"weights": ADAPTER_FILE, "adapted_layers": len(config.target_modules), "adapter_parameters": sum(v.numel() for v in state.values()),
-                "final_loss": sum(losses[-20:]) / len(losses[-20:]), "prompts": len(inputs.prompts)}
+            record = save_adapter(unet, config, ADAPTER, ctx.out)
+        return {**record, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "prompts": len(inputs.prompts)}
 
     @contextlib.contextmanager
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
-        from peft import LoraConfig
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         unet = pipe.unet
-        unet.add_adapter(LoraConfig.from_pretrained(str(folder)), adapter_name=ADAPTER)
-        set_peft_model_state_dict(unet, load_file(str(folder / record["weights"])), adapter_name=ADAPTER)
         strength = torch.ones(1)
         multipliers = transport(pipe, prompts, record["targets"]) if int(record["params"]["transport"]) else torch.ones(len(prompts))
 
@@ -128,19 +109,18 @@ class SPM(Method):
             m = strength.to(output.device, output.dtype)
             return output * m.view(-1, *([1] * (output.dim() - 1))) if len(m) == len(output) else output
 
-        handles = [m.lora_B[ADAPTER].register_forward_hook(scale) for m in unet.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
-
         def on_batch(start: int) -> None:
             nonlocal strength
             batch = multipliers[start : start + config.batch_size]
             strength = torch.cat([batch, batch])  # the adapter of a prompt acts on both halves of its CFG pair
 
-        try:
-            yield SampleHooks(on_batch=on_batch)
-        finally:
-            for h in handles:
-                h.remove()
-            unet.unload_lora()  # back to the plain layers (delete_adapters would leave peft wrappers, renaming parameters)
+        with loaded_adapter(unet, folder, record, ADAPTER):
+            handles = [m.lora_B[ADAPTER].register_forward_hook(scale) for m in unet.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
+            try:
+                yield SampleHooks(on_batch=on_batch)
+            finally:
+                for h in handles:
+                    h.remove()
 
 
 @torch.no_grad()
