@@ -39,6 +39,25 @@ THREAT_MODEL = (
     "model can fine-tune the concept back; no column measures that.")
 
 
+def parse_methods(text: str, valid: list[str]) -> list[str]:
+    """A comma list of method names, each once, checked against `valid`."""
+    methods = list(dict.fromkeys(m for m in text.split(",") if m))
+    if unknown := [m for m in methods if m not in valid]:
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(valid)}")
+    return methods
+
+
+def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
+    """SAeUron's style SAE (built as bench_methods builds it: cache seeds 0-3) and the paper's style setting: 1 feature a
+    step at this SAE's width, multiplier -1."""
+    from saeuron.concepts import ConceptScores
+
+    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, hookpoints=(STYLE_HOOKPOINT,))
+    sae = run / "saes" / STYLE_HOOKPOINT
+    width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
+    return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]
+
+
 def folder_for(pipe, run: Path, method: str, target: str) -> Path:
     """The method's unlearned folder for the target (made once)."""
     folder = run / "unlearned" / method / target.replace(":", "-")
@@ -48,13 +67,8 @@ def folder_for(pipe, run: Path, method: str, target: str) -> Path:
     if method == "saeuron-paper":
         if Concept.parse(target).kind != "style":
             raise SystemExit("saeuron-paper runs on style targets here (objects need the bench's tuning: scripts/bench_methods.py)")
-        build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, hookpoints=(STYLE_HOOKPOINT,))
-        sae = run / "saes" / STYLE_HOOKPOINT
-        from saeuron.concepts import ConceptScores
-
-        width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
-        unlearn("saeuron", [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0,
-                [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"], sae=str(sae), log=lambda s: None)
+        sae, settings = saeuron_paper_style(pipe, run)
+        unlearn("saeuron", [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None)
     else:
         unlearn(method, [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, [], log=lambda s: None)
     return folder
@@ -89,9 +103,7 @@ def main():
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     torch.set_num_threads(2)
-    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
-    if unknown := [m for m in methods if m not in METHODS]:
-        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    methods = parse_methods(args.methods, METHODS)
     targets = [t for t in args.targets.split(",") if t]
     eval_seeds = parse_seeds(args.eval_seeds)
     pipe = load_pipeline(device=args.device)

@@ -26,7 +26,6 @@ QUICK = {  # calibrated on seeds 100-101 (tests/test_methods.py's images): each 
     "uce": [],
     "ca": ["iterations=60", "anchor_images=1", "steps=10", "lr=0.002"],
     "spm": ["iterations=60", "bank_seeds=1", "steps=10", "lr=0.01", "la_strength=10"],
-    "unguide": ["iterations=60", "bank_seeds=1", "steps=10", "lr=0.01", "repeats=2"],
 }
 
 
@@ -75,7 +74,7 @@ def test_method_moves_its_target_and_keeps_another_concept(fitted, minicanvas_pi
     torch.testing.assert_close(sample(minicanvas_pipe, ["a star in neon style"], [3], FAST), base(["a star in neon style"], [3]))
 
 
-@pytest.mark.parametrize("name", ["esd-x", "spm", "unguide"])
+@pytest.mark.parametrize("name", ["esd-x", "spm"])
 def test_method_is_deterministic_for_a_seed(fitted, tmp_path, minicanvas_pipe, name):
     folder, record = fitted[name]
     again = unlearn(name, [TARGET], tmp_path / "again", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0, QUICK[name], log=lambda s: None)
@@ -125,9 +124,7 @@ def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanva
 
 @pytest.mark.parametrize("name, settings", [("uce", []), ("esd-x", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2"]),
                                             ("spm", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "anchors=1"]),
-                                            ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"]),
-                                            ("unguide", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "repeats=1",
-                                                         "stability_step=1"])])
+                                            ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"])])
 def test_methods_run_on_a_stable_diffusion_pipeline(tiny_sd_dir, tmp_path, name, settings):
     """The real-model path: a tiny random SD 1.x pipeline, a labelled CSV, the CLI end to end."""
     from pathlib import Path
@@ -147,35 +144,6 @@ def test_spm_transport_is_full_on_the_concept_word_and_partial_elsewhere(minican
 
     m = transport(minicanvas_pipe, ["a star in neon style", "a star in sunset style", "a star"], [TARGET])
     assert m[0] == 1 and 0 <= m[1] < 1 and 0 <= m[2] < 1
-
-
-def test_unguidance_weights_pick_the_base_model_or_the_lora(fitted, minicanvas_pipe, tmp_path):
-    """eps = w base + (1 - w) LoRA: w = 1 on every prompt is the base model, w = 0 the LoRA alone, and the stability
-    score flags the target's prompts above the empty prompt."""
-    import shutil
-
-    from saeuron.methods.base import loaded_adapter
-    from saeuron.methods.unguide import stability_scores
-    from saeuron.pipelines import sample
-
-    folder, record = fitted["unguide"]
-    prompts, seeds = ["a star in neon style", "a ring in sunset style"], [3, 4]
-    for w, reference in ((1.0, "base"), (0.0, "lora")):
-        copy = tmp_path / f"w{w}"
-        shutil.copytree(folder, copy)
-        rec = json.loads((copy / RECORD_FILE).read_text())
-        rec["params"].update(w_flagged=w, w_other=w)
-        (copy / RECORD_FILE).write_text(json.dumps(rec))
-        got = load_unlearned(copy, minicanvas_pipe).generate(minicanvas_pipe, prompts, seeds, FAST)
-        if reference == "base":
-            want = sample(minicanvas_pipe, prompts, seeds, FAST)
-        else:
-            with loaded_adapter(minicanvas_pipe.unet, folder, record, "unguide"):
-                want = sample(minicanvas_pipe, prompts, seeds, FAST)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    with loaded_adapter(minicanvas_pipe.unet, folder, record, "unguide"):
-        scores = stability_scores(minicanvas_pipe, ["a star in neon style", "a ring in neon style", ""], record["params"])
-    assert scores["a star in neon style"] > scores[""] and scores["a ring in neon style"] > scores[""]
 
 
 def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_pipe, capsys):

@@ -5,8 +5,8 @@ negative guidance from a reference prompt,
 
 and UnGuidance at inference. Per prompt, a stability score s(c) is the mean over repeats of || e_LoRA(z, c) - e(z, c) ||,
 with z an early latent of the base model's own trajectory. A prompt that scores above the empty prompt is taken to hold
-the concept and gets w = w1 (-1); every other prompt gets w = w2 (2). Each step then predicts
-eps = w CFG_base(c) + (1 - w) CFG_LoRA(c). e is the base model (the LoRA switched off). On minicanvas, c_ref is the
+the concept and gets w = w1 (the paper's -1; 0 here, see `w_flagged`); every other prompt gets w = w2 (2). Each step
+then predicts eps = w CFG_base(c) + (1 - w) CFG_LoRA(c). e is the base model (the LoRA switched off). On minicanvas, c_ref is the
 target prompt without the target: "a star" for "a star in neon style"; for an object, the next object.
 """
 
@@ -40,7 +40,7 @@ class UnGuide(Method):
     defaults = {
         "iterations": Hyper(200, 200),
         "batch_size": Hyper(8, 1, "8 x_t a step instead of 1: fewer, better-averaged steps on a CPU"),
-        "lr": Hyper(1e-3, 3e-5, "a UNet 10^4 times smaller than SD's; chosen on seed 100 (style:neon), benchmarks/RESULTS.md"),
+        "lr": Hyper(1e-2, 3e-5, "a UNet 10^4 times smaller than SD's; chosen on seed 100 (style:neon), benchmarks/RESULTS.md"),
         "rank": Hyper(1, 1),
         "alpha": Hyper(8.0, 8.0),
         "negative_guidance": Hyper(2.0, 2.0),
@@ -49,7 +49,8 @@ class UnGuide(Method):
         "steps": Hyper(25, 50, "minicanvas's sampler default (DDIM 25)"),
         "stability_step": Hyper(5, 10, "z after 5 of 25 steps, the paper's ~10 of 50"),
         "repeats": Hyper(4, 10, "4 trajectories per prompt for the score (the paper's 10): the score runs at every generation"),
-        "w_flagged": Hyper(-1.0, -1.0),
+        "w_flagged": Hyper(0.0, -1.0, "the paper's -1 (-base + 2 LoRA on flagged prompts) left neon at UA 0 on seed 100: the "
+                                      "extrapolation keeps the style's background and breaks the shapes; 0 (the LoRA alone) gives UA 100"),
         "w_other": Hyper(2.0, 2.0),
     }
 

@@ -1,0 +1,130 @@
+"""Sequential unlearning: six styles erased one after another, per method. Writes benchmarks/SEQUENTIAL.md and
+benchmarks/sequential/<method>.png.
+
+    python scripts/bench_sequential.py [--methods saeuron-paper,uce,esd-x,esd-u,ca] [--eval-seeds 300-304] [--device cuda]
+
+Weight methods chain their edits: step k is `saeuron unlearn --after` step k-1's folder, each at the method's default
+setting, seed 0. SAeUron merges feature sets: one folder erases every style so far, at the paper's style setting (1
+feature a step, multiplier -1, the SAE of scripts/bench_attacks.py). After each step the classifier judges the
+110-prompt grid on the evaluation seeds. It reports UA on every style erased so far (their mean and the first
+style's, to show rebound), IRA on the styles not yet erased, and CRA on objects. Each step resumes where it stopped.
+SPM and UnGuide are adapters and do not chain (`--after` refuses them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_attacks import parse_methods, saeuron_paper_style  # noqa: E402
+from saeuron.cli_args import parse_seeds  # noqa: E402
+from saeuron.concept_set import ConceptSet  # noqa: E402
+from saeuron.evaluate import full_answer_set, generate_answer_set, run_unlearned_evaluation  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
+from saeuron.unlearn import unlearn  # noqa: E402
+
+STYLES = ["style:neon", "style:ocean", "style:lava", "style:candy", "style:noir", "style:desert"]
+METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca"]
+
+
+def step_folder(pipe, run: Path, method: str, k: int) -> Path:
+    """The unlearned folder after erasing STYLES[:k + 1] (made once; a chain's earlier steps first)."""
+    folder = run / method / f"step{k + 1}"
+    if (folder / "unlearn.json").exists():
+        return folder
+    print(f"[{method}] step {k + 1}: erasing {STYLES[k]}", flush=True)
+    if method == "saeuron-paper":
+        sae, settings = saeuron_paper_style(pipe, run)
+        unlearn("saeuron", STYLES[: k + 1], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None)
+    else:
+        after = step_folder(pipe, run, method, k - 1) if k else None
+        unlearn(method, [STYLES[k]], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, [], log=lambda s: None, after=after)
+    return folder
+
+
+def plot_png(rows: list[dict], method: str, path: Path) -> None:
+    """UA (styles erased so far), IRA and CRA against the step, as a small line chart."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 360, 240, 36
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    x = lambda i: pad + i * (w - 2 * pad) / max(1, len(STYLES) - 1)  # noqa: E731
+    y = lambda v: h - pad - v * (h - 2 * pad) / 100  # noqa: E731
+    d.rectangle([pad, pad, w - pad, h - pad], outline="black")
+    for v in (0, 50, 100):
+        d.text((4, y(v) - 6), str(v), fill="black")
+    for i in range(len(STYLES)):
+        d.text((x(i) - 3, h - pad + 4), str(i + 1), fill="black")
+    for j, (key, colour) in enumerate((("UA", "red"), ("IRA", "blue"), ("CRA", "green"))):
+        pts = [(x(i), y(r[key])) for i, r in enumerate(rows)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for px, py in pts:
+            d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        d.text((pad + 70 * j, 8), key, fill=colour)
+    d.text((w - pad - 110, 8), f"{method}, step", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "activations" / "sequential")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--eval-seeds", default="300-304")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "SEQUENTIAL.md")
+    p.add_argument("--png-dir", type=Path, default=ROOT / "benchmarks" / "sequential")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    methods = parse_methods(args.methods, METHODS)
+    eval_seeds = parse_seeds(args.eval_seeds)
+    pipe = load_pipeline(device=args.device)
+    sampler = resolve_sampler(pipe, SamplerConfig())
+    base_path = args.run / "base_images.pt"
+    if not base_path.exists():
+        args.run.mkdir(parents=True, exist_ok=True)
+        torch.save(generate_answer_set(pipe, full_answer_set(eval_seeds), sampler), base_path)
+    base_images = torch.load(base_path)
+    table = {}
+    for method in methods:
+        rows = []
+        for k in range(len(STYLES)):
+            out = args.run / method / f"step{k + 1}.json"
+            if not out.exists():
+                run_unlearned_evaluation(step_folder(pipe, args.run, method, k), eval_seeds, sampler, out, None, pipe, base_images=base_images)
+            res = json.loads(out.read_text())["targets"]
+            erased = STYLES[: k + 1]
+            rows.append({"UA": float(np.mean([res[t]["UA"] for t in erased])), "UA_first": res[STYLES[0]]["UA"],
+                         "IRA": res[STYLES[k]]["IRA"], "CRA": res[STYLES[k]]["CRA"]})
+            print(f"[{method}] step {k + 1}: UA {rows[-1]['UA']:.1f} (first {rows[-1]['UA_first']:.0f}) IRA {rows[-1]['IRA']:.1f} "
+                  f"CRA {rows[-1]['CRA']:.1f}", flush=True)
+        table[method] = rows
+        plot_png(rows, method, args.png_dir / f"{method}.png")
+    cmd = "python scripts/bench_sequential.py " + " ".join(sys.argv[1:])
+    lines = ["# Sequential unlearning on minicanvas", "",
+             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Styles erased in this order: "
+             f"{', '.join(s.split(':')[1] for s in STYLES)}. After step k: UA = mean UA over the k styles erased so far (first: "
+             f"UA of {STYLES[0]}, which shows rebound), IRA on the {10} - k styles left, CRA on objects; evaluation seeds "
+             f"{eval_seeds[0]}-{eval_seeds[-1]}. Weight methods chain (`unlearn --after`); SAeUron merges feature sets. "
+             "Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green).", "",
+             "| method | " + " | ".join(f"step {k + 1}: UA (first) / IRA / CRA" for k in range(len(STYLES))) + " |",
+             "|---|" + "---|" * len(STYLES)]
+    for method, rows in table.items():
+        lines.append(f"| {method} | " + " | ".join(f"{r['UA']:.0f} ({r['UA_first']:.0f}) / {r['IRA']:.0f} / {r['CRA']:.0f}" for r in rows) + " |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
