@@ -115,7 +115,7 @@ def word_positions(pipe, prompt: str, words: list[str]) -> list[int]:
 def free_positions(pipe, prompt: str, keep_words: list[str], free_pads: int) -> list[int]:
     """UnlearnDiffAtk's budget on a templated prompt: every word that is not a concept word, and up to `free_pads`
     padding slots after the end token."""
-    ids, tok = prompt_ids(pipe, prompt), pipe.tokenizer
+    ids = prompt_ids(pipe, prompt)
     eos = _eos(pipe, ids)
     keep = set(word_positions(pipe, prompt, keep_words))
     template = [i for i in range(1, eos) if i not in keep]
