@@ -37,6 +37,7 @@ import torch
 
 from .concept_set import Concept, ConceptSet
 from .errors import UserError
+from .methods.base import diffusion_target
 
 ATTACKS = ("unlearndiffatk", "inversion")
 RESULT_FILE = "attack.json"
@@ -140,7 +141,7 @@ def denoising_loss(pipe, hooks, steps: int, x0: torch.Tensor, cond: dict, gen: t
     if hooks.on_step is not None:
         hooks.on_step(i, int(t))
     pred = pipe.unet(scheduler.scale_model_input(x_t, t), t, **cond).sample
-    target = scheduler.get_velocity(x0, noise, ts) if scheduler.config.prediction_type == "v_prediction" else noise
+    target = diffusion_target(scheduler, x0, noise, ts)
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 

@@ -23,7 +23,7 @@ COMMANDS = {
     "cache": ("saeuron.cache", "sample prompts x seeds and store hookpoint activations in an HDF5 store (resumable)"),
     "train": ("saeuron.train", "train an SAE on one hookpoint of an activation cache (sae-lens)"),
     "score": ("saeuron.concepts", "per-timestep concept scores of every SAE feature (SAeUron)"),
-    "unlearn": ("saeuron.unlearn", "erase concepts with any method (saeuron, esd-x, esd-u, uce, ca, spm, unguide) into an unlearned-model folder"),
+    "unlearn": ("saeuron.unlearn", "erase concepts with any method (saeuron, esd-x, esd-u, uce, ca, spm, unguide, sa) into an unlearned-model folder"),
     "evaluate": ("saeuron.evaluate", "UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation or of an unlearned-model folder"),
     "attack": ("saeuron.attack", "white-box attacks (unlearndiffatk, inversion) on an unlearned-model folder: UA before and after"),
     "demo": ("saeuron.demo", "run the end-to-end SAeUron demo on the shipped minicanvas model"),

@@ -164,16 +164,18 @@ def parse_settings(method, pairs: list[str]) -> dict:
 
 def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> None:
     """Sequential unlearning (`--after`) chains methods that edit weights; SAeUron erases several concepts at once."""
+    from .methods import methods
     from .methods.base import EditedWeightsMethod
 
     if previous is None:
         return
+    chaining = ", ".join(n for n, m in methods().items() if isinstance(m, EditedWeightsMethod))
     if not isinstance(method, EditedWeightsMethod):
-        raise UserError(f"--after chains weight edits (esd-x, esd-u, uce, ca), not {method.name}"
+        raise UserError(f"--after chains weight edits ({chaining}), not {method.name}"
                         + ("; SAeUron merges feature sets: give every concept to --targets" if method.name == "saeuron" else ""))
     if bad := [u.record["method"] for u in previous.chain if not isinstance(u.method, EditedWeightsMethod)]:
         raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}, which edits no weights; "
-                        "only esd-x, esd-u, uce and ca chain")
+                        f"only {chaining} chain")
     if again := [t for t in targets if t in previous.targets]:
         raise UserError(f"--after {str(previous.folder)!r} already erases {', '.join(again)}")
 
@@ -280,7 +282,7 @@ def register_cli(sub) -> None:
     p.add_argument("--prompts", help="labelled prompt file (.csv / .jsonl) the method trains on (default: minicanvas's prompts)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the method's sampling and training (default 0)")
     p.add_argument("--sae", help="--method saeuron: the SAE folder (with concepts.h5) whose features are ablated")
-    p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca); "
+    p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca, sa); "
                                    "the new folder erases its targets and the chain's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable); --show lists them")
     p.add_argument("--show", action="store_true", help="print the method's settings, the paper's values and why they differ, and exit")

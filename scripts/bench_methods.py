@@ -46,7 +46,7 @@ VARIANTS = {
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
                                                  "object": TUNING_GRID}),
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
-    "ca": ("ca", None, None), "spm": ("spm", None, None), "unguide": ("unguide", None, None),
+    "ca": ("ca", None, None), "spm": ("spm", None, None), "unguide": ("unguide", None, None), "sa": ("sa", None, None),
 }
 # variants that change the tuning seeds (default --tune-seeds): saeuron-paper-t5 is saeuron-paper tuned on 5 seeds, not 2
 TUNE_SEEDS = {"saeuron-paper-t5": "100-104"}
@@ -166,25 +166,33 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
              "looked at. SAeUron tuned on seeds " + args.tune_seeds + ", cached on seeds " + args.cache_seeds + ". "
              "Fidelity on kept prompts: Frechet distance of classifier features, share of images whose labels changed. "
              "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE). "
-             f"Machine: {'; '.join(machines)}" + (f"; {args.jobs} jobs in parallel processes (unlearn times include their "
+             "Machine: " + ("; ".join(f"[{i + 1}] {m}" for i, m in enumerate(machines)) + " (each row marked by its machine)"
+                            if len(machines) > 1 else machines[0]) + (f"; {args.jobs} jobs in parallel processes (unlearn times include their "
              "contention; generation times were measured alone)" if args.jobs > 1 else "") + ".", "",
              "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | Frechet | changed labels | unlearn time (s/target) | generation time / plain | storage (MB/target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if args.with_results:
+        lines[2] += (f" Rows not run by this command come from {', '.join(f'`{d}`' for d in args.with_results)} (`--with-results`): "
+                     "measured by an earlier run, whose command and machine `benchmarks/RESULTS.md` gives.")
+
+    def label(name: str, t: dict) -> str:
+        here = sorted({r.get("machine", machine()) for r in t["targets"].values()})
+        return name if len(machines) == 1 else f"{name} [{', '.join(str(machines.index(m) + 1) for m in here)}]"
     for name, t in table.items():
         rows = list(t["targets"].values())
         styles = [r for k, r in t["targets"].items() if k.startswith("style:")]
         objects = [r for k, r in t["targets"].items() if k.startswith("object:")]
         cells = [f"{mean_of(styles, k):.1f}" for k in ("UA", "IRA", "CRA")] + [f"{mean_of(objects, k):.1f}" for k in ("UA", "IRA", "CRA")]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean_of(rows, 'frechet'):.2f} | {mean_of(rows, 'changed'):.1f}% | "
+        lines.append(f"| {label(name, t)} | " + " | ".join(cells) + f" | {mean_of(rows, 'frechet'):.2f} | {mean_of(rows, 'changed'):.1f}% | "
                      f"{mean_of(rows, 'wall_time_s'):.1f} | {t.get('time_ratio', float('nan')):.2f} | {mean_of(rows, 'storage_mb'):.2f} |")
     lines += ["", "Per target (UA / IRA / CRA):", "", "| method | " + " | ".join(TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
     for name, t in table.items():
-        lines.append(f"| {name} | " + " | ".join(
+        lines.append(f"| {label(name, t)} | " + " | ".join(
             f"{t['targets'][x]['UA']:.0f} / {t['targets'][x]['IRA']:.0f} / {t['targets'][x]['CRA']:.0f}" if x in t["targets"] else "" for x in TARGETS) + " |")
     lines += ["", "## Published UnlearnCanvas rows (Stable Diffusion 1.5, 50 styles x 20 objects: not comparable in absolute terms)", "",
               "| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in PUBLISHED.items()]
-    lines += ["", "ESD-u and UnGuide have no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x; UnGuide's paper evaluates CIFAR-10 classes and I2P). Grids: `benchmarks/methods/<method>.png` "
+    lines += ["", "ESD-u, UnGuide and Selective Amnesia have no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x; UnGuide's paper evaluates CIFAR-10 classes and I2P; SA's code is in the UnlearnCanvas repository but not in its table). Grids: `benchmarks/methods/<method>.png` "
               "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept).", "",
               "What each row changes from its paper, which seeds each choice looked at, and what is weak: `benchmarks/RESULTS.md`. "
               "Under attack: `benchmarks/ATTACKS.md`."]
@@ -192,7 +200,7 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
 
 
 # slowest first, so that parallel jobs finish together
-COST_ORDER = ["ca", "spm", "unguide", "saeuron-paper-t5", "saeuron-paper", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
 
 
 def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:
@@ -235,6 +243,9 @@ def main():
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--jobs", type=int, default=1, help="(variant, target) jobs run in parallel processes (on a GPU: 8-14)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of this process")
+    p.add_argument("--with-results", type=Path, action="append", default=[],
+                   help="a folder of another run's results/<variant>/ (e.g. benchmarks/methods/h200) whose rows the table shows "
+                        "beside this run's, each row marked by its machine (a variant this run measured shows this run's row)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: VARIANT@TARGET
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -270,6 +281,12 @@ def main():
     for name, target in ([] if args.jobs > 1 else jobs):
         run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
     table = {}
+    for other in args.with_results:  # rows measured elsewhere, with their own generation-time ratios
+        for name in VARIANTS:
+            rows = {t: json.loads((other / "results" / name / f"{slug(t)}.json").read_text()) for t in TARGETS
+                    if (other / "results" / name / f"{slug(t)}.json").exists()}
+            if rows and name not in table:
+                table[name] = {"targets": rows, "time_ratio": json.loads((other / "results" / name / "time_ratio.json").read_text())}
     for name in names:  # sequential, alone on the machine: generation time and the grids
         rows = {t: json.loads((run / "results" / name / f"{slug(t)}.json").read_text()) for t in TARGETS
                 if (run / "results" / name / f"{slug(t)}.json").exists()}

@@ -9,12 +9,12 @@ from saeuron.pipelines import load_pipeline, SamplerConfig
 from saeuron.concept_set import ConceptSet
 from saeuron.unlearn import unlearn, load_unlearned
 from saeuron.evaluate import full_answer_set, unlearning_metrics, default_judge
-torch.set_num_threads(1)
+torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
 method, target = sys.argv[1], sys.argv[2]
 sets = sys.argv[3:]
 pipe = load_pipeline()
 cs = ConceptSet.minicanvas()
-out = Path(f"activations/probe_methods/{method}_{target.replace(':','-')}")
+out = Path(f"activations/probe_methods/{method}_{target.replace(':','-')}" + "_".join([""] + sets))
 shutil.rmtree(out, ignore_errors=True)
 t0=time.time()
 rec = unlearn(method, [target], out, pipe, "minicanvas", cs, 0, sets)

@@ -26,6 +26,8 @@ QUICK = {  # calibrated on seeds 100-101 (tests/test_methods.py's images): each 
     "uce": [],
     "ca": ["iterations=60", "anchor_images=1", "steps=10", "lr=0.002"],
     "spm": ["iterations=60", "bank_seeds=1", "steps=10", "lr=0.01", "la_strength=10"],
+    "unguide": ["iterations=60", "bank_seeds=1", "steps=10", "lr=0.01", "repeats=2"],
+    "sa": ["iterations=60", "replay_seeds=1", "fisher_timesteps=4", "steps=10", "lr=0.001"],
 }
 
 
@@ -52,7 +54,7 @@ def fitted(tmp_path_factory, minicanvas_pipe):
 
 
 def test_every_method_is_registered():
-    assert set(methods()) == {"saeuron", "esd-x", "esd-u", "uce", "ca", "spm", "unguide"}
+    assert set(methods()) == {"saeuron", "esd-x", "esd-u", "uce", "ca", "spm", "unguide", "sa"}
     for m in methods().values():
         assert m.summary and m.defaults
 
@@ -74,7 +76,7 @@ def test_method_moves_its_target_and_keeps_another_concept(fitted, minicanvas_pi
     torch.testing.assert_close(sample(minicanvas_pipe, ["a star in neon style"], [3], FAST), base(["a star in neon style"], [3]))
 
 
-@pytest.mark.parametrize("name", ["esd-x", "spm"])
+@pytest.mark.parametrize("name", ["esd-x", "spm", "unguide", "sa"])
 def test_method_is_deterministic_for_a_seed(fitted, tmp_path, minicanvas_pipe, name):
     folder, record = fitted[name]
     again = unlearn(name, [TARGET], tmp_path / "again", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0, QUICK[name], log=lambda s: None)
@@ -124,7 +126,10 @@ def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanva
 
 @pytest.mark.parametrize("name, settings", [("uce", []), ("esd-x", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2"]),
                                             ("spm", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "anchors=1"]),
-                                            ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"])])
+                                            ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"]),
+                                            ("unguide", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "repeats=1",
+                                                         "stability_step=1"]),
+                                            ("sa", ["iterations=3", "replay_seeds=1", "fisher_timesteps=2", "steps=3", "batch_size=2"])])
 def test_methods_run_on_a_stable_diffusion_pipeline(tiny_sd_dir, tmp_path, name, settings):
     """The real-model path: a tiny random SD 1.x pipeline, a labelled CSV, the CLI end to end."""
     from pathlib import Path
@@ -146,6 +151,55 @@ def test_spm_transport_is_full_on_the_concept_word_and_partial_elsewhere(minican
     assert m[0] == 1 and 0 <= m[1] < 1 and 0 <= m[2] < 1
 
 
+def test_unguidance_weights_pick_the_base_model_or_the_lora(fitted, minicanvas_pipe, tmp_path):
+    """eps = w base + (1 - w) LoRA: w = 1 on every prompt is the base model, w = 0 the LoRA alone, and the stability
+    score flags the target's prompts above the empty prompt."""
+    import shutil
+
+    from saeuron.methods.base import loaded_adapter
+    from saeuron.methods.unguide import stability_scores
+    from saeuron.pipelines import sample
+
+    folder, record = fitted["unguide"]
+    prompts, seeds = ["a star in neon style", "a ring in sunset style"], [3, 4]
+    for w, reference in ((1.0, "base"), (0.0, "lora")):
+        copy = tmp_path / f"w{w}"
+        shutil.copytree(folder, copy)
+        rec = json.loads((copy / RECORD_FILE).read_text())
+        rec["params"].update(w_flagged=w, w_other=w)
+        (copy / RECORD_FILE).write_text(json.dumps(rec))
+        got = load_unlearned(copy, minicanvas_pipe).generate(minicanvas_pipe, prompts, seeds, FAST)
+        if reference == "base":
+            want = sample(minicanvas_pipe, prompts, seeds, FAST)
+        else:
+            with loaded_adapter(minicanvas_pipe.unet, folder, record, "unguide"):
+                want = sample(minicanvas_pipe, prompts, seeds, FAST)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with loaded_adapter(minicanvas_pipe.unet, folder, record, "unguide"):
+        scores = stability_scores(minicanvas_pipe, ["a star in neon style", "a ring in neon style", ""], record["params"])
+    assert scores["a star in neon style"] > scores[""] and scores["a ring in neon style"] > scores[""]
+
+
+def test_selective_amnesia_computes_the_base_store_once(fitted, minicanvas_pipe):
+    """The Fisher and replay samples are the base model's: a second target reuses them; the Fisher is a mean of squared
+    gradients (nonnegative, nonzero) over every UNet parameter, and the record names the store."""
+    from safetensors.torch import load_file
+
+    from saeuron.methods.sa import STORE_DIR
+
+    folder, record = fitted["sa"]
+    stores = list((folder.parent / STORE_DIR).glob("*/fisher.safetensors"))
+    assert len(stores) == 1 and record["base_store"] == str(stores[0].parent.resolve())
+    fisher = load_file(str(stores[0]))
+    assert set(fisher) == {n for n, _ in minicanvas_pipe.unet.named_parameters()}
+    assert all(bool((v >= 0).all()) for v in fisher.values()) and sum(float(v.sum()) for v in fisher.values()) > 0
+    logged = []
+    again = unlearn("sa", ["style:ocean"], folder.parent / "sa-ocean", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                    QUICK["sa"] + ["iterations=2"], log=logged.append)
+    assert again["base_store"] == record["base_store"] and not any("computing" in line for line in logged)
+    assert len(list((folder.parent / STORE_DIR).glob("*/fisher.safetensors"))) == 1
+
+
 def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_pipe, capsys):
     """`--after`: UCE on ocean fitted on the neon-erased model erases both, keeps sunset; the chain is refused where a
     method edits no weights, where a target repeats, and where a folder of the chain is gone."""
@@ -161,7 +215,7 @@ def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_
     assert _style_share(edited, minicanvas_pipe, TARGET) <= 0.5 and _style_share(edited, minicanvas_pipe, "style:ocean") <= 0.5
     assert _style_share(edited, minicanvas_pipe, KEPT) >= 0.8
     for argv, message in (
-        (["--method", "spm", "--targets", "style:ocean", "--after", str(neon)], "chains weight edits (esd-x, esd-u, uce, ca), not spm"),
+        (["--method", "spm", "--targets", "style:ocean", "--after", str(neon)], "chains weight edits (esd-x, esd-u, uce, ca, sa), not spm"),
         (["--method", "uce", "--targets", TARGET, "--after", str(neon)], "already erases style:neon"),
         (["--method", "uce", "--targets", "style:lava", "--after", str(tmp_path / "nowhere")], "not found"),
     ):

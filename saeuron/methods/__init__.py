@@ -6,6 +6,7 @@
     ca       Concept Ablation, model-based (ca.py)
     spm      SPM: rank-1 adapters through peft, facilitated transport (spm.py)
     unguide  UnGuide: rank-1 LoRA on cross-attention k, v, UnGuidance at inference (unguide.py)
+    sa       Selective Amnesia: surrogate forget set, generative replay, EWC (sa.py)
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ def methods() -> dict[str, Method]:
     """Every method by its command-line name."""
     from .ca import CA
     from .esd import ESD
+    from .sa import SelectiveAmnesia
     from .sae_ablation import SAeUron
     from .spm import SPM
     from .uce import UCE
     from .unguide import UnGuide
 
-    return {m.name: m for m in (SAeUron(), ESD("esd-x", "xattn"), ESD("esd-u", "noxattn"), UCE(), CA(), SPM(), UnGuide())}
+    return {m.name: m for m in (SAeUron(), ESD("esd-x", "xattn"), ESD("esd-u", "noxattn"), UCE(), CA(), SPM(), UnGuide(), SelectiveAmnesia())}
 
 
 def get_method(name: str) -> Method:

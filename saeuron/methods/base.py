@@ -86,13 +86,14 @@ def anchor_value(target: str, concept_set: ConceptSet) -> str:
     return values[(values.index(c.value) + 1) % len(values)] if len(values) > 1 else ""
 
 
-def guide_row(row: dict, target: str, concept_set: ConceptSet) -> dict:
+def guide_row(row: dict, target: str, concept_set: ConceptSet, leave_out: bool = True) -> dict:
     """The prompt a method maps a target prompt to: the same labels with the target's kind left out if the set has such a
-    prompt (minicanvas: "a star in neon style" -> "a star" for style:neon), else with the kind's anchor value
-    ("a star in neon style" -> "a square in neon style" for object:star), else the empty prompt."""
+    prompt and `leave_out` (minicanvas: "a star in neon style" -> "a star" for style:neon), else with the kind's anchor
+    value ("a star in neon style" -> "a square in neon style" for object:star, "a star in noir style" for style:neon
+    without `leave_out`), else the empty prompt."""
     kind = Concept.parse(target).kind
     by_labels = {tuple(r.get(k, "") for k in concept_set.kinds): r for r in concept_set.rows}
-    for value in ("", anchor_value(target, concept_set)):
+    for value in ("", anchor_value(target, concept_set))[0 if leave_out else 1:]:
         key = tuple(value if k == kind else row.get(k, "") for k in concept_set.kinds)
         if key in by_labels and (value or any(key)):
             return by_labels[key]
@@ -180,12 +181,14 @@ def erase_inputs(ctx: "FitContext") -> EraseInputs:
 def parameter_group(unet, group: str) -> dict[str, torch.nn.Parameter]:
     """The UNet parameters a method trains: 'xattn' every cross-attention (attn2) parameter (ESD-x); 'xattn-kv' the
     cross-attention key and value projections (CA, UCE); 'noxattn' everything but cross-attention, the time embedding
-    and the output layer (ESD-u, as the authors' compvis code)."""
+    and the output layer (ESD-u, as the authors' compvis code); 'full' every parameter (Selective Amnesia)."""
     def wanted(name: str) -> bool:
         if group == "xattn":
             return ".attn2." in name
         if group == "xattn-kv":
             return ".attn2.to_k." in name or ".attn2.to_v." in name
+        if group == "full":
+            return True
         if group == "noxattn":
             return ".attn2." not in name and not name.startswith(("time_embedding.", "conv_out.", "conv_norm_out."))
         raise ValueError(f"unknown parameter group {group!r}")
@@ -194,15 +197,26 @@ def parameter_group(unet, group: str) -> dict[str, torch.nn.Parameter]:
 
 
 @contextlib.contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Every parameter of the module without gradients in the block, as before after it."""
+def gradients(module: torch.nn.Module, on: bool) -> Iterator[None]:
+    """Every parameter of the module with (on) or without gradients in the block, as before after it."""
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
-    module.requires_grad_(False)
+    module.requires_grad_(on)
     try:
         yield
     finally:
         for n, p in module.named_parameters():
             p.requires_grad_(flags[n])
+
+
+def frozen(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Every parameter of the module without gradients in the block, as before after it."""
+    return gradients(module, False)
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict at x_t = add_noise(x0, noise, t): the velocity for a v-prediction model
+    (minicanvas), else the noise (Stable Diffusion)."""
+    return scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
 
 
 def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor], iterations: int, lr: float,
