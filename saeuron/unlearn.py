@@ -141,6 +141,7 @@ def find_unlearned(run_dir: str | Path) -> list[Path]:
 def parse_settings(method, pairs: list[str]) -> dict:
     """The method's hyperparameters: its defaults, with `KEY=VALUE` overrides of the same type."""
     params = {k: h.value for k, h in method.defaults.items()}
+    choices = {k: h.choices for k, h in method.defaults.items() if h.choices}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or key not in params:
@@ -156,8 +157,10 @@ def parse_settings(method, pairs: list[str]) -> dict:
         if isinstance(value, float) and not torch.isfinite(torch.tensor(value)):
             raise UserError(f"bad --set {pair!r}: {key} must be a finite number")
         if isinstance(value, (int, float)) and key in ("iterations", "batch_size", "bank_seeds", "steps", "anchors", "rank", "anchor_images",
-                                                       "repeats") and value < 1:
+                                                       "repeats", "replay_seeds", "fisher_timesteps") and value < 1:
             raise UserError(f"bad --set {pair!r}: {key} must be >= 1")
+        if key in choices and value not in choices[key]:
+            raise UserError(f"bad --set {pair!r}: {key} is one of {', '.join(choices[key])}")
         params[key] = value
     return params
 
@@ -242,7 +245,8 @@ def _cmd_unlearn(args) -> None:
     method = get_method(args.method)
     if args.show:
         for k, h in method.defaults.items():
-            print(f"{k}={h.value}\t(paper: {h.paper}){'  ' + h.why if h.why else ''}")
+            print(f"{k}={h.value}\t(paper: {h.paper}){'; one of ' + ', '.join(h.choices) if h.choices else ''}"
+                  f"{'  ' + h.why if h.why else ''}")
         return
     if not args.targets or not args.out:
         raise UserError("give --targets and --out (or --show to list the method's settings)")

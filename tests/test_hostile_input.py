@@ -130,6 +130,7 @@ case("bad target 'style:cubism'", "unlearn", "--method", "uce", "--targets", "st
 case("bad --set 'lr=fast'", "unlearn", "--method", "esd-x", "--targets", "style:neon", "--set", "lr=fast", "--out", "OUT/u")
 case("bad --set 'speed=2'", "unlearn", "--method", "esd-x", "--targets", "style:neon", "--set", "speed=2", "--out", "OUT/u")
 case("must be >= 1", "unlearn", "--method", "ca", "--targets", "style:neon", "--set", "iterations=0", "--out", "OUT/u")
+case("surrogate is one of next, noise", "unlearn", "--method", "sa", "--targets", "style:neon", "--set", "surrogate=photo", "--out", "OUT/u")
 case("needs --sae", "unlearn", "--method", "saeuron", "--targets", "style:neon", "--out", "OUT/u")
 case("already holds an unlearned model", "unlearn", "--method", "uce", "--targets", "style:neon", "--out", "UNLEARNED")
 case("give --prompts", "unlearn", "--method", "uce", "--model", "FOREIGN_MODEL", "--targets", "style:neon", "--out", "OUT/u")

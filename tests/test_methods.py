@@ -129,7 +129,9 @@ def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanva
                                             ("ca", ["iterations=3", "anchor_images=1", "steps=3", "batch_size=2"]),
                                             ("unguide", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2", "repeats=1",
                                                          "stability_step=1"]),
-                                            ("sa", ["iterations=3", "replay_seeds=1", "fisher_timesteps=2", "steps=3", "batch_size=2"])])
+                                            ("sa", ["iterations=3", "replay_seeds=1", "fisher_timesteps=2", "steps=3", "batch_size=2"]),
+                                            ("sa", ["iterations=3", "replay_seeds=1", "fisher_timesteps=2", "steps=3", "batch_size=2",
+                                                    "surrogate=noise", "group=xattn"])])
 def test_methods_run_on_a_stable_diffusion_pipeline(tiny_sd_dir, tmp_path, name, settings):
     """The real-model path: a tiny random SD 1.x pipeline, a labelled CSV, the CLI end to end."""
     from pathlib import Path

@@ -21,11 +21,13 @@ from ..concept_set import Concept, ConceptSet
 
 @dataclass(frozen=True)
 class Hyper:
-    """One hyperparameter: the value used, the paper's, and why they differ (empty: they do not)."""
+    """One hyperparameter: the value used, the paper's, why they differ (empty: they do not), and for a named choice
+    the values it takes."""
 
     value: float | int | str
     paper: float | int | str | None = None
     why: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass

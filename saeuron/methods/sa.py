@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
 from .base import EditedWeightsMethod, FitContext, Hyper, diffusion_target, fine_tune, gradients, guide_row, index_conditions, \
     parameter_group, target_rows, unet_out
 
@@ -42,7 +41,7 @@ class SelectiveAmnesia(EditedWeightsMethod):
         "lr": Hyper(1e-4, 1e-4),
         "ewc_lambda": Hyper(50.0, 50.0),
         "gamma": Hyper(1.0, 1.0),
-        "group": Hyper("full", "full"),
+        "group": Hyper("full", "full", choices=("full", "xattn", "noxattn", "xattn-kv")),
         "replay_seeds": Hyper(2, None, "base-model samples per prompt of the concept set (minicanvas: 110 prompts, 220 images); "
                                        "the paper generates ~5,000 prompts' images"),
         "fisher_timesteps": Hyper(16, 1000, "Monte-Carlo Fisher: per sample, the loss over 16 stratified timesteps instead of "
@@ -50,14 +49,13 @@ class SelectiveAmnesia(EditedWeightsMethod):
         "steps": Hyper(25, 50, "sampler steps of the replay and surrogate images (minicanvas's default)"),
         "surrogate": Hyper("next", "Photo style", "UnlearnCanvas's SA maps every style to 'An image in Photo style'; minicanvas "
                                                  "has no neutral style, so the next style's (neon -> noir) or object's images; "
-                                                 "'noise': uniform noise images, the paper's CIFAR-10 surrogate"),
+                                                 "'noise': uniform noise images, the paper's CIFAR-10 surrogate",
+                           choices=("next", "noise")),
     }
 
     def fit(self, ctx: FitContext) -> dict:
         pipe, p = ctx.pipe, ctx.params
         unet, scheduler = pipe.unet, pipe.scheduler
-        if p["surrogate"] not in ("next", "noise"):
-            raise UserError(f"bad surrogate {p['surrogate']!r}: 'next' (the next value's images) or 'noise' (uniform noise)")
         store = base_store(ctx)
         index = {q: i for i, q in enumerate(store.prompts)}
         targets = {r["prompt"] for t in ctx.targets for r in target_rows(t, ctx.concept_set)}
