@@ -107,9 +107,11 @@ def prompt_ids(pipe, prompt: str) -> tuple[int, ...]:
 
 def word_positions(pipe, prompt: str, words: list[str]) -> list[int]:
     """Positions of the tokens of `words` in the prompt's ids."""
-    tok = pipe.tokenizer
-    wanted = {i for w in words for i in tok(w, add_special_tokens=False).input_ids}
-    ids = prompt_ids(pipe, prompt)
+    return _positions_of(pipe, prompt_ids(pipe, prompt), words)
+
+
+def _positions_of(pipe, ids: tuple[int, ...], words: list[str]) -> list[int]:
+    wanted = {i for w in words for i in pipe.tokenizer(w, add_special_tokens=False).input_ids}
     return [i for i in range(1, _eos(pipe, ids)) if ids[i] in wanted]
 
 
@@ -118,7 +120,7 @@ def free_positions(pipe, prompt: str, keep_words: list[str], free_pads: int) -> 
     padding slots after the end token."""
     ids = prompt_ids(pipe, prompt)
     eos = _eos(pipe, ids)
-    keep = set(word_positions(pipe, prompt, keep_words))
+    keep = set(_positions_of(pipe, ids, keep_words))
     template = [i for i in range(1, eos) if i not in keep]
     return template + list(range(eos + 1, min(len(ids), eos + 1 + free_pads)))
 
@@ -128,12 +130,17 @@ def _eos(pipe, ids: tuple[int, ...]) -> int:
     return ids.index(eos, 1) if eos in ids[1:] else len(ids)
 
 
-def denoising_loss(pipe, hooks, steps: int, x0: torch.Tensor, cond: dict, gen: torch.Generator) -> torch.Tensor:
-    """The model's own training loss on clean latents `x0` at one step of the sampler's schedule (so that SAeUron's
-    per-step plan applies), drawn from `gen`; eps or v target, whichever the model predicts."""
+def sampler_schedule(pipe, steps: int, device) -> object:
+    """A copy of the pipeline's scheduler set to the sampler's `steps` (the pipeline's own stays untouched)."""
     scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(steps, device=x0.device)
-    i = int(torch.randint(steps, (1,), generator=gen))
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def denoising_loss(pipe, hooks, scheduler, x0: torch.Tensor, cond: dict, gen: torch.Generator) -> torch.Tensor:
+    """The model's own training loss on clean latents `x0` at one step of the sampler's schedule (`sampler_schedule`,
+    so that SAeUron's per-step plan applies), drawn from `gen`; eps or v target, whichever the model predicts."""
+    i = int(torch.randint(len(scheduler.timesteps), (1,), generator=gen))
     t = scheduler.timesteps[i]
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
     ts = t.expand(len(x0)).to(x0.device)
@@ -180,6 +187,7 @@ def attack_target(pipe, unlearned, target: str, eval_seeds: list[int], config: A
     eval_prompts = [p for p in prompts for _ in eval_seeds]
     gen = torch.Generator().manual_seed(config.seed)
     losses = []
+    schedule = sampler_schedule(pipe, sampler.steps, x0.device)
     with unlearned.applied(pipe, eval_prompts, sampler) as hooks, \
             EmbeddingOverride(pipe) as override, frozen(pipe.unet), frozen(pipe.text_encoder):
         opt = torch.optim.Adam(params, lr=config.lr)
@@ -190,7 +198,7 @@ def attack_target(pipe, unlearned, target: str, eval_seeds: list[int], config: A
                 override.set(prompt_ids(pipe, p), pos, v)
             pick = torch.arange(len(prompts)) * n_img + torch.randint(n_img, (len(prompts),), generator=gen)
             opt.zero_grad(set_to_none=True)
-            loss = denoising_loss(pipe, hooks, sampler.steps, x0[pick.to(x0.device)], prompt_conditions(pipe, prompts), gen)
+            loss = denoising_loss(pipe, hooks, schedule, x0[pick.to(x0.device)], prompt_conditions(pipe, prompts), gen)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from saeuron.attack import AttackConfig, EmbeddingOverride, denoising_loss, free_positions, prompt_ids, run_attack, word_positions
+from saeuron.attack import AttackConfig, EmbeddingOverride, denoising_loss, free_positions, prompt_ids, run_attack, sampler_schedule, \
+    word_positions
 from saeuron.cli import main
 from saeuron.concept_set import ConceptSet
 from saeuron.methods.base import SampleHooks
@@ -76,7 +77,8 @@ def test_gradients_flow_through_saeurons_ablation(tiny_run, tmp_path, minicanvas
         with EmbeddingOverride(minicanvas_pipe) as override:
             for i, p in enumerate(prompts):
                 override.set(prompt_ids(minicanvas_pipe, p), [1 + 2 * i], vectors[i:i + 1])
-            return denoising_loss(minicanvas_pipe, hooks, FAST.steps, x0, prompt_conditions(minicanvas_pipe, prompts),
+            schedule = sampler_schedule(minicanvas_pipe, FAST.steps, x0.device)
+            return denoising_loss(minicanvas_pipe, hooks, schedule, x0, prompt_conditions(minicanvas_pipe, prompts),
                                   torch.Generator().manual_seed(0))
 
     with unlearned.applied(minicanvas_pipe, prompts, FAST) as hooks:
