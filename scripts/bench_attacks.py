@@ -20,15 +20,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import parse_methods, saeuron_paper_style  # noqa: E402
 from saeuron.attack import ATTACKS, AttackConfig, run_attack  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
-from saeuron.demo import STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
-from saeuron.evaluate import paper_percentile  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
 from saeuron.unlearn import unlearn  # noqa: E402
 
-METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "spm", "unguide"]
+METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "spm", "unguide", "sa"]
 THREAT_MODEL = (
     "Threat model. Both attacks are white-box: the attacker has the unlearned model's gradients (through its edited "
     "weights, its adapter, or SAeUron's ablation hook, which stays in the graph as in the paper's own evaluation) and "
@@ -37,25 +37,6 @@ THREAT_MODEL = (
     "inversion) replaces the concept's word by one learned embedding. Neither is a prompt-only (black-box) attack, and "
     "neither assumes weights in hand: anyone holding SAeUron's weights can drop its hook, and anyone holding a fine-tuned "
     "model can fine-tune the concept back; no column measures that.")
-
-
-def parse_methods(text: str, valid: list[str]) -> list[str]:
-    """A comma list of method names, each once, checked against `valid`."""
-    methods = list(dict.fromkeys(m for m in text.split(",") if m))
-    if unknown := [m for m in methods if m not in valid]:
-        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(valid)}")
-    return methods
-
-
-def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
-    """SAeUron's style SAE (built as bench_methods builds it: cache seeds 0-3) and the paper's style setting: 1 feature a
-    step at this SAE's width, multiplier -1."""
-    from saeuron.concepts import ConceptScores
-
-    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, hookpoints=(STYLE_HOOKPOINT,))
-    sae = run / "saes" / STYLE_HOOKPOINT
-    width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
-    return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]
 
 
 def folder_for(pipe, run: Path, method: str, target: str) -> Path:

@@ -1,7 +1,7 @@
 """Sequential unlearning: six styles erased one after another, per method. Writes benchmarks/SEQUENTIAL.md and
 benchmarks/sequential/<method>.png.
 
-    python scripts/bench_sequential.py [--methods saeuron-paper,uce,esd-x,esd-u,ca] [--eval-seeds 300-304] [--device cuda]
+    python scripts/bench_sequential.py [--methods saeuron-paper,uce,esd-x,esd-u,ca,sa] [--eval-seeds 300-304] [--device cuda]
 
 Weight methods chain their edits: step k is `saeuron unlearn --after` step k-1's folder, each at the method's default
 setting, seed 0. SAeUron merges feature sets: one folder erases every style so far, at the paper's style setting (1
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attacks import parse_methods, saeuron_paper_style  # noqa: E402
+from bench_common import parse_methods, saeuron_paper_style  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import ConceptSet  # noqa: E402
 from saeuron.evaluate import full_answer_set, generate_answer_set, run_unlearned_evaluation  # noqa: E402
@@ -33,7 +33,7 @@ from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # n
 from saeuron.unlearn import unlearn  # noqa: E402
 
 STYLES = ["style:neon", "style:ocean", "style:lava", "style:candy", "style:noir", "style:desert"]
-METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca"]
+METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "sa"]
 
 
 def step_folder(pipe, run: Path, method: str, k: int) -> Path:

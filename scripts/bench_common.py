@@ -1,0 +1,27 @@
+"""What the bench scripts share: the method list parser and SAeUron's paper-faithful style setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saeuron.demo import STYLE_HOOKPOINT, DemoConfig, build_run
+from saeuron.evaluate import paper_percentile
+
+
+def parse_methods(text: str, valid: list[str]) -> list[str]:
+    """A comma list of method names, each once, checked against `valid`."""
+    methods = list(dict.fromkeys(m for m in text.split(",") if m))
+    if unknown := [m for m in methods if m not in valid]:
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(valid)}")
+    return methods
+
+
+def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
+    """SAeUron's style SAE (built as bench_methods builds it: cache seeds 0-3) and the paper's style setting: 1 feature a
+    step at this SAE's width, multiplier -1."""
+    from saeuron.concepts import ConceptScores
+
+    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, hookpoints=(STYLE_HOOKPOINT,))
+    sae = run / "saes" / STYLE_HOOKPOINT
+    width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
+    return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]
