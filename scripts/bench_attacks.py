@@ -82,8 +82,9 @@ def main():
     p.add_argument("--eval-seeds", default="300-304")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ATTACKS.md")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of this process")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods, METHODS)
     targets = [t for t in args.targets.split(",") if t]
     eval_seeds = parse_seeds(args.eval_seeds)
