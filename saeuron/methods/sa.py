@@ -38,8 +38,9 @@ class SelectiveAmnesia(EditedWeightsMethod):
         "iterations": Hyper(400, 20000, "the DDPM/CIFAR-10 schedule (20k steps at batch 128 + 128) is days on a CPU; 400 steps "
                                         "at batch 8 + 8"),
         "batch_size": Hyper(8, 128, "forget and replay images per step, each (the paper's CIFAR-10 run: 128 + 128)"),
-        "lr": Hyper(1e-4, 1e-4),
-        "ewc_lambda": Hyper(50.0, 50.0),
+        "lr": Hyper(1e-4, 1e-4, "the CIFAR-10 DDPM config's, the paper's closest to minicanvas (SD: 1e-5)"),
+        "ewc_lambda": Hyper(50.0, 50.0, "the SD config's, whose loss is a per-pixel mean as here (CIFAR-10's, a per-image "
+                                        "sum: 10)"),
         "gamma": Hyper(1.0, 1.0),
         "group": Hyper("full", "full", choices=("full", "xattn", "noxattn", "xattn-kv")),
         "replay_seeds": Hyper(2, None, "base-model samples per prompt of the concept set (minicanvas: 110 prompts, 220 images); "
