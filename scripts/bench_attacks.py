@@ -58,18 +58,18 @@ def folder_for(pipe, run: Path, method: str, target: str) -> Path:
 def write_markdown(out: Path, table: dict, targets: list[str], eval_seeds: list[int]) -> None:
     cmd = "python scripts/bench_attacks.py " + " ".join(sys.argv[1:])
     lines = ["# Unlearning under attack on minicanvas", "",
-             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}), CPU, {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}. Each method at its default setting (seed 0) on {', '.join(targets)}; UA (%) on evaluation seeds "
+             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}), CPU (torch threads per row), torch {torch.__version__}. Each method at its default setting (seed 0) on {', '.join(targets)}; UA (%) on evaluation seeds "
              f"{eval_seeds[0]}-{eval_seeds[-1]} without the attack and after it; concept images from the base model on seeds "
              "400-403; 300 Adam steps at lr 0.01 per attack.", "", THREAT_MODEL, "",
-             "| method | target | UA, no attack | UA after unlearndiffatk (white-box, soft prompt) | UA after inversion (white-box, new token) | attack time (s) |",
-             "|---|---|---|---|---|---|"]
+             "| method | target | UA, no attack | UA after unlearndiffatk (white-box, soft prompt) | UA after inversion (white-box, new token) | attack time (s) | threads |",
+             "|---|---|---|---|---|---|---|"]
     for method, rows in table.items():
         for target, r in rows.items():
             cells = [f"{r[a]['UA_after']:.0f}" if a in r else "" for a in ATTACKS]
             before = next((r[a]["UA_before"] for a in ATTACKS if a in r), float("nan"))
             secs = sum(r[a]["seconds"] for a in ATTACKS if a in r)
-            lines.append(f"| {method} | {target} | {before:.0f} | " + " | ".join(cells) + f" | {secs:.0f} |")
+            threads = "/".join(sorted({str(r[a].get("threads", "?")) for a in ATTACKS if a in r}))
+            lines.append(f"| {method} | {target} | {before:.0f} | " + " | ".join(cells) + f" | {secs:.0f} | {threads} |")
     lines += ["", "Per-prompt UA and the learned embeddings: `RUN/attacks/<method>/<target>/<attack>/`."]
     out.write_text("\n".join(lines) + "\n")
 
@@ -101,7 +101,7 @@ def main():
                     continue
                 out = args.run / "attacks" / method / target.replace(":", "-") / attack
                 res = run_attack(folder, [target], eval_seeds, AttackConfig(attack), sampler, out, pipe, log=lambda s: None)
-                row[attack] = {k: v for k, v in res["targets"][target].items() if k != "per_prompt"}
+                row[attack] = {**{k: v for k, v in res["targets"][target].items() if k != "per_prompt"}, "threads": args.threads}
                 print(f"[{method}] {target} {attack}: UA {row[attack]['UA_before']:.0f} -> {row[attack]['UA_after']:.0f}", flush=True)
                 table_path.write_text(json.dumps(table, indent=1))
             write_markdown(args.out, table, targets, eval_seeds)
