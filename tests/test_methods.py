@@ -202,6 +202,21 @@ def test_selective_amnesia_computes_the_base_store_once(fitted, minicanvas_pipe)
     assert len(list((folder.parent / STORE_DIR).glob("*/fisher.safetensors"))) == 1
 
 
+def test_unguide_gate_sees_the_embeddings_not_the_words(fitted, minicanvas_pipe):
+    """An attacker's embeddings face UnGuide's gate: with neon's embedding swapped for sunset's after the folder is
+    applied (as `saeuron attack` does), "a star in neon style" generates exactly as "a star in sunset style"."""
+    from saeuron.attack import EmbeddingOverride, prompt_ids, word_positions
+    from saeuron.pipelines import sample
+
+    unlearned = load_unlearned(fitted["unguide"][0], minicanvas_pipe)
+    prompt, table = "a star in neon style", minicanvas_pipe.text_encoder.get_input_embeddings().weight.detach()
+    sunset = table[minicanvas_pipe.tokenizer("sunset", add_special_tokens=False).input_ids]
+    with unlearned.applied(minicanvas_pipe, [prompt], FAST) as hooks, EmbeddingOverride(minicanvas_pipe) as override:
+        override.set(prompt_ids(minicanvas_pipe, prompt), word_positions(minicanvas_pipe, prompt, ["neon"]), sunset)
+        disguised = sample(minicanvas_pipe, [prompt], [3], FAST, on_step=hooks.on_step, on_batch=hooks.on_batch)
+    torch.testing.assert_close(disguised, unlearned.generate(minicanvas_pipe, ["a star in sunset style"], [3], FAST))
+
+
 def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_pipe, capsys):
     """`--after`: UCE on ocean fitted on the neon-erased model erases both, keeps sunset; the chain is refused where a
     method edits no weights, where a target repeats, and where a folder of the chain is gone."""

@@ -6,7 +6,8 @@ negative guidance from a reference prompt,
 and UnGuidance at inference. Per prompt, a stability score s(c) is the mean over repeats of || e_LoRA(z, c) - e(z, c) ||,
 with z an early latent of the base model's own trajectory. A prompt that scores above the empty prompt is taken to hold
 the concept and gets w = w1 (the paper's -1; 0 here, see `w_flagged`); every other prompt gets w = w2 (2). Each step
-then predicts eps = w CFG_base(c) + (1 - w) CFG_LoRA(c). e is the base model (the LoRA switched off). On minicanvas, c_ref is the
+then predicts eps = w CFG_base(c) + (1 - w) CFG_LoRA(c). The scores are taken at the start of each generation, on the
+text conditioning it uses, so an attacker's embeddings face the gate too. e is the base model (the LoRA switched off). On minicanvas, c_ref is the
 target prompt without the target: "a star" for "a star in neon style"; for an object, the next object.
 """
 
@@ -91,11 +92,20 @@ class UnGuide(Method):
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
         unet, p = pipe.unet, record["params"]
         with loaded_adapter(unet, folder, record, ADAPTER):
-            scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p)
-            flagged = {q: scores[q] > scores[""] for q in prompts}
-            weights = torch.tensor([float(p["w_flagged"]) if flagged[q] else float(p["w_other"]) for q in prompts])
+            weights = torch.zeros(0)
             w = torch.full((1,), float(p["w_flagged"]))
             busy = False
+
+            def gate() -> torch.Tensor:
+                # each prompt's weight from its stability score, on the conditioning the sampler is about to use (an
+                # attacker's embeddings included), with the mixing hook passing through while the scores sample
+                nonlocal busy
+                busy = True
+                try:
+                    scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p)
+                finally:
+                    busy = False
+                return torch.tensor([float(p["w_flagged"]) if scores[q] > scores[""] else float(p["w_other"]) for q in prompts])
 
             def mix(module, args, kwargs, output):
                 # eps = w base + (1 - w) LoRA on the UNet's raw [uncond; cond] outputs: CFG is linear, so this is
@@ -122,7 +132,9 @@ class UnGuide(Method):
                 return output
 
             def on_batch(start: int) -> None:
-                nonlocal w
+                nonlocal w, weights
+                if start == 0:  # a new generation: score its prompts
+                    weights = gate()
                 batch = weights[start : start + config.batch_size]
                 w = torch.cat([batch, batch])  # one weight for both halves of a prompt's CFG pair
 
