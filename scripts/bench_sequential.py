@@ -95,7 +95,8 @@ def main():
     base_path = args.run / "base_images.pt"
     if not base_path.exists():
         args.run.mkdir(parents=True, exist_ok=True)
-        torch.save(generate_answer_set(pipe, full_answer_set(eval_seeds), sampler), base_path)
+        torch.save(generate_answer_set(pipe, full_answer_set(eval_seeds), sampler), base_path.with_suffix(".partial"))
+        base_path.with_suffix(".partial").rename(base_path)  # an interrupted run leaves no half-written file behind
     base_images = torch.load(base_path)
     table = {}
     for method in methods:
