@@ -238,10 +238,10 @@ def train_loop(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.
 
 
 def fine_tune(unet, trained: dict[str, torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor], params: dict, out: Path,
-              log: Callable[[str], None]) -> dict:
+              log: Callable[[str], None], originals: dict[str, torch.Tensor] | None = None) -> dict:
     """Train only `trained` on `loss_fn`, save those tensors to `out`, and put the base weights back (the pipeline stays
-    the base model); the record for unlearn.json."""
-    originals = {k: v.detach().clone() for k, v in trained.items()}
+    the base model; `originals`: the caller's copy of them, if it keeps one); the record for unlearn.json."""
+    originals = originals if originals is not None else {k: v.detach().clone() for k, v in trained.items()}
     with frozen(unet):
         for prm in trained.values():
             prm.requires_grad_(True)

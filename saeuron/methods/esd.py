@@ -54,4 +54,4 @@ class ESD(EditedWeightsMethod):
                 target = target - eta * (unet_out(unet, x, t, c) - target)
             return torch.nn.functional.mse_loss(unet_out(unet, x, t, c).float(), target.float())
 
-        return {**fine_tune(unet, trained, loss, p, ctx.out, ctx.log), "prompts": len(inputs.prompts)}
+        return {**fine_tune(unet, trained, loss, p, ctx.out, ctx.log, originals=originals), "prompts": len(inputs.prompts)}

@@ -103,7 +103,7 @@ class SelectiveAmnesia(EditedWeightsMethod):
             return (diffusion(forget_image[f], forget_prompt[f]) + gamma * diffusion(r, store.prompt_index[r.to(store.prompt_index.device)])
                     + lam * ewc)
 
-        record = fine_tune(unet, trained, loss, p, ctx.out, ctx.log)
+        record = fine_tune(unet, trained, loss, p, ctx.out, ctx.log, originals=theta_star)
         return {**record, "surrogate_pairs": {q: g for q, g in pairs[:3]}, "replay_images": len(replay),
                 "surrogate_images": len(forget), "base_store": str(store.folder.resolve())}
 
