@@ -426,8 +426,8 @@ def ablation_settings(scores, concepts: list[str]) -> dict[str, dict]:
     settings = {}
     if not concepts:
         return settings
-    widths = [2, 1, 1, 1, 3]
-    for col, head in zip(st.columns(widths), ("target", "percentile", "multiplier", "min. dominance", "starting point")):
+    widths = [2, 1, 1, 1, 1, 3]
+    for col, head in zip(st.columns(widths), ("target", "percentile", "multiplier", "min. dominance", "start", "starting point")):
         col.markdown(f"**{head}**")
     for t in concepts:
         p = setting_for(stored, t)
@@ -441,9 +441,12 @@ def ablation_settings(scores, concepts: list[str]) -> dict[str, dict]:
         dom = cols[3].number_input(f"Minimum dominance of {t}", 0.0, 100.0, float(p["dominance"]), step=0.5,
                                    key=f"ab_dom:{key}", label_visibility="collapsed",
                                    help="keep only features the concept fires at least this many times as strongly as any other (0: off)")
+        start = cols[4].number_input(f"Start of {t}", 0.0, 0.95, float(p["start"]), step=0.05, format="%.2f",
+                                     key=f"ab_start:{key}", label_visibility="collapsed",
+                                     help="fraction of the denoising steps left unablated at the beginning (0: every step, SAeUron)")
         rules = "" if (p["selection"], p["firing"]) == ("saeuron", "mean") else f" · selection {p['selection']}, firing {p['firing']}"
-        cols[4].caption(f"{p['source']}: {p['percentile']:g} / {p['multiplier']:g} / {p['dominance']:g}{rules}")
-        settings[t] = {**p, "percentile": float(pct), "multiplier": float(mult), "dominance": float(dom)}
+        cols[5].caption(f"{p['source']}: {p['percentile']:g} / {p['multiplier']:g} / {p['dominance']:g} / {p['start']:g}{rules}")
+        settings[t] = {**p, "percentile": float(pct), "multiplier": float(mult), "dominance": float(dom), "start": float(start)}
     return settings
 
 
@@ -537,8 +540,8 @@ def make_plan(scores, settings: dict[str, dict], feats_text: str, f_mult: float,
     if window[0] >= window[1]:
         raise UserError(f"the step window {window} is empty; give from < to")
     plan = build_plan(scores, settings, features, f_mult, window)
-    parts = [f"{t} ({p['percentile']:g} / {p['multiplier']:g}" + (f" / dominance {p['dominance']:g})" if p["dominance"] else ")")
-             for t, p in settings.items()] + [f"feature {f}" for f in features]
+    parts = [f"{t} ({p['percentile']:g} / {p['multiplier']:g}" + (f" / dominance {p['dominance']:g}" if p["dominance"] else "")
+             + (f" / from {p['start']:g} of the steps)" if p.get("start") else ")") for t, p in settings.items()] + [f"feature {f}" for f in features]
     note = (f"ablated {', '.join(parts)} · {plan.n_features()} (step, feature) pairs over {len(plan.steps)} steps"
             + (f" · feature multiplier {f_mult:g}" if features else ""))
     return plan, note
@@ -733,7 +736,7 @@ def run_page() -> None:
         st.markdown(f"**SAE** `{hp}` in `{folder}` · concept scores: {'yes' if hp in info.concepts else 'missing'}")
         stored = stored_settings(info.run, hp, folder)
         if stored:
-            st.dataframe([{"target": t, **{k: p[k] for k in ("percentile", "multiplier", "dominance", "selection", "firing", "source")}}
+            st.dataframe([{"target": t, **{k: p[k] for k in ("percentile", "multiplier", "dominance", "start", "selection", "firing", "source")}}
                           for t, p in stored.items()], hide_index=True, key=f"stored_{hp}")
         metrics = folder / "metrics.json"
         if metrics.exists():

@@ -114,7 +114,7 @@ def check_rules(selection: str, firing: str = "mean") -> None:
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
                   top_n: int | None = None, step_window: tuple[int, int] | None = None,
-                  selection: str = "saeuron", firing: str = "mean", min_dominance: float = 0.0) -> AblationPlan:
+                  selection: str = "saeuron", firing: str = "mean", min_dominance: float = 0.0, start: float = 0.0) -> AblationPlan:
     """SAeUron's selection for one or more target concepts (union over targets), per step.
 
     `selection` (see SELECTIONS): "saeuron" (the paper) ranks all features by the target's
@@ -123,11 +123,15 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
     (`ConceptScores.exclusive_scores`). `min_dominance` R > 0 further keeps only features the
     target fires at least R times as strongly as any other concept (`ConceptScores.dominance`):
     a feature a neighbour fires almost as much is scaled on the neighbour's images too.
+    `start` in [0, 1) leaves the first `start` of the cached steps unablated (0: every step, as the
+    paper; `start_step`).
     """
     if multiplier >= 0:
         raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {multiplier}")
     if not min_dominance >= 0:
         raise UserError(f"the minimum dominance must be >= 0 (0: no filter), got {min_dominance}")
+    if not 0 <= start < 1:
+        raise UserError(f"the ablation start must be a fraction of the denoising steps in [0, 1) (0: every step), got {start}")
     check_rules(selection, firing)
     rows = [scores.index(t) for t in targets]
     ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, SAME_KIND_RIVALS[selection]) for r in rows}
@@ -137,6 +141,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
     lo, hi = step_window or (0, int(step_ids.max()) + 1)
+    lo = max(lo, start_step(start, int(step_ids.max()) + 1))
     for t, step in enumerate(step_ids.tolist()):
         if not lo <= step < hi:
             continue
@@ -155,6 +160,11 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
             threshold=torch.tensor([chosen[i][1] for i in ids], dtype=torch.float32),
         )
     return AblationPlan(steps, cached_step_timesteps(scores))
+
+
+def start_step(start: float, n_steps: int) -> int:
+    """The first step index ablated when the first `start` of `n_steps` denoising steps are left alone."""
+    return int(round(start * n_steps))
 
 
 def _apply_latent_edit(sae, acts_btd: torch.Tensor, edit) -> torch.Tensor:
@@ -199,8 +209,9 @@ def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: st
 
 DEFAULT_MULTIPLIER = -1.0
 DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used until tuned values are stored
-# a target's ablation setting: selection percentile, SAeUron's multiplier gamma, minimum dominance (0: off)
-SETTING_DEFAULTS = {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER, "dominance": 0.0}
+# a target's ablation setting: selection percentile, SAeUron's multiplier gamma, minimum dominance (0: off), and the
+# fraction of the denoising steps left unablated at the start (0: every step is ablated, as in the paper)
+SETTING_DEFAULTS = {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER, "dominance": 0.0, "start": 0.0}
 
 
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
@@ -241,7 +252,8 @@ class AblationSite:
         for t in targets:
             p = (params or {}).get(t) or self.params(t, **given)
             plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"], selection=self.selection,
-                                       firing=self.firing, min_dominance=p.get("dominance", SETTING_DEFAULTS["dominance"])))
+                                       firing=self.firing, min_dominance=p.get("dominance", SETTING_DEFAULTS["dominance"]),
+                                       start=p.get("start", SETTING_DEFAULTS["start"])))
         return merge_plans(*plans)
 
     def describe(self) -> dict:

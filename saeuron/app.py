@@ -373,7 +373,7 @@ def build_plan(scores, settings: dict[str, dict], features: list[int] = (), feat
 
     plans = [plan_ablation(scores, [t], float(p["multiplier"]), percentile=float(p["percentile"]), step_window=step_window,
                            selection=p.get("selection", "saeuron"), firing=p.get("firing", "mean"),
-                           min_dominance=float(p.get("dominance", 0.0))) for t, p in settings.items()]
+                           min_dominance=float(p.get("dominance", 0.0)), start=float(p.get("start", 0.0))) for t, p in settings.items()]
     if features:
         if feature_multiplier >= 0:
             raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {feature_multiplier}")

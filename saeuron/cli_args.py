@@ -49,6 +49,7 @@ GUIDANCE = bounded(float, 0, 100)
 MULTIPLIER = bounded(float, hi=0, hi_open=True)
 PERCENTILE = bounded(float, 0, 100, lo_open=True, hi_open=True)
 DOMINANCE = bounded(float, 0)
+START = bounded(float, 0, 1, hi_open=True)  # fraction of the denoising steps left unablated at the start
 
 
 def parse_seeds(text: str) -> list[int]:

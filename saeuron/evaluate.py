@@ -221,7 +221,7 @@ def fidelity(base_images: torch.Tensor, edited_images: torch.Tensor, base_labels
 # this project's grid on minicanvas ("minicanvas"): 3-10 of 1,024 features a step x 4 multipliers. It is NOT the paper's:
 # SAeUron searches percentile {99.99, 99.995, 99.999} of 20,480 latents (1-3 features a step) x gamma {-1, -5, ..., -30},
 # which is `paper_grid` ("saeuron-paper"). SAeUron has no dominance filter (0).
-TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0), "dominance": (0.0,)}
+TUNING_GRID = {"percentile": (99.5, 99.7, 99.9), "multiplier": (-1.0, -5.0, -10.0, -20.0), "dominance": (0.0,), "start": (0.0,)}
 PAPER_FEATURES_PER_STEP = (1, 2, 3)  # SAeUron's percentiles 99.999 / 99.995 / 99.99 of 20,480 latents select 1-3 features a step
 PAPER_MULTIPLIERS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
 
@@ -235,7 +235,7 @@ def paper_grid(width: int) -> dict:
     """The `saeuron-paper` tuning grid for an SAE of `width` latents: the paper's feature counts per step (1, 2, 3) as
     percentiles of this width, its multipliers -1 ... -30, no dominance filter."""
     return {"percentile": tuple(paper_percentile(n, width) for n in PAPER_FEATURES_PER_STEP), "multiplier": PAPER_MULTIPLIERS,
-            "dominance": (0.0,)}
+            "dominance": (0.0,), "start": (0.0,)}
 
 
 GRIDS = ("minicanvas", "saeuron-paper")  # --tune-grid: this project's TUNING_GRID, or paper_grid at the SAE's width
@@ -325,21 +325,21 @@ def evaluate_unlearning(pipe, site, targets: list[str], seeds: Sequence[int], co
 def markdown_report(results: dict) -> str:
     """A Markdown table of UA / IRA / CRA per target and the means: with SAeUron's setting per target, or the method's."""
     ablation = all("percentile" in m for m in results["targets"].values())
-    setting_columns = "percentile | multiplier | dominance" if ablation else "method | setting"
+    setting_columns = "percentile | multiplier | dominance | start" if ablation else "method | setting"
     lines = [f"| target | UA | IRA | CRA | base UA / IRA / CRA | {setting_columns} | changed labels (kept prompts) |",
-             "|---|---|---|---|---|---|---|" + ("---|" if ablation else "")]
+             "|---|---|---|---|---|---|---|" + ("---|---|" if ablation else "")]
     method = results.get("config", {}).get("method", "")
     for t, m in results["targets"].items():
         changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))
         b = m.get("base", {})
         base = " / ".join(f"{b[k]:.1f}" for k in ("UA", "IRA", "CRA")) if b else ""
         if ablation:
-            setting = f"{m['percentile']} | {m['multiplier']} | {m.get('dominance', 0.0)}"
+            setting = f"{m['percentile']} | {m['multiplier']} | {m.get('dominance', 0.0)} | {m.get('start', 0.0)}"
         else:
             shown = {k: v for k, v in results.get("config", {}).get("method_params", {}).items() if k in KEY_SETTINGS}
             setting = f"{method} | " + ", ".join(f"{k} {v}" for k, v in shown.items())
         lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {setting} | {changed:.1f}% |")
-    blanks = "| | | |" if ablation else "| | |"
+    blanks = "| | | | |" if ablation else "| | |"
     for kind, m in results["mean"].items():
         lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {blanks}")
     b = results["base"]
@@ -399,16 +399,18 @@ def _tuning_record(site, tune_seeds: Sequence[int], config: SamplerConfig, grid:
 # what a value of each grid axis must satisfy, and the error that says so
 _GRID_RULES = {"percentile": (lambda v: 0 < v < 100, "percentiles must be in (0, 100)"),
                "multiplier": (lambda v: v < 0, "multipliers must be negative"),
-               "dominance": (lambda v: v >= 0, "dominances must be >= 0 (0: no filter)")}
+               "dominance": (lambda v: v >= 0, "dominances must be >= 0 (0: no filter)"),
+               "start": (lambda v: 0 <= v < 1, "starts must be fractions of the denoising steps in [0, 1)")}
 
 
-def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str | None = None, base: dict | None = None) -> dict:
-    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20', '0,2,3'); missing lists keep those of `base`
-    (default TUNING_GRID)."""
+def parse_grid(percentiles: str | None, multipliers: str | None, dominances: str | None = None, base: dict | None = None,
+               starts: str | None = None) -> dict:
+    """The tuning grid from comma-separated lists ('99,99.5', '-5,-20', '0,2,3', '0,0.2'); missing lists keep those of
+    `base` (default TUNING_GRID)."""
     from .errors import UserError
 
     grid = dict(base or TUNING_GRID)
-    for key, text in (("percentile", percentiles), ("multiplier", multipliers), ("dominance", dominances)):
+    for key, text in (("percentile", percentiles), ("multiplier", multipliers), ("dominance", dominances), ("start", starts)):
         if text is None:
             continue
         try:
@@ -590,7 +592,8 @@ def _evaluate_unlearned(args) -> None:
     unlearned = load_unlearned(args.unlearned)  # the folder itself first; the base model is checked once loaded
     if args.targets:
         unlearned.plan(parse_target_spec(args.targets, unlearned.targets))
-    for flag in ("tune_seeds", "multiplier", "percentile", "dominance", "tune_percentiles", "tune_multipliers", "tune_dominances"):
+    for flag in ("tune_seeds", "multiplier", "percentile", "dominance", "start", "tune_percentiles", "tune_multipliers",
+                 "tune_dominances", "tune_starts"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} is SAeUron's (--sae); an unlearned folder carries its own setting")
     seeds = parse_seeds(args.seeds)
@@ -627,7 +630,8 @@ def _cmd_evaluate(args) -> None:
     seeds = parse_seeds(args.seeds)
     tune_seeds = parse_seeds(args.tune_seeds) if args.tune_seeds else None
     grid = parse_grid(args.tune_percentiles, args.tune_multipliers, args.tune_dominances,
-                      base=paper_grid(ConceptScores.load(scores_path).scores.shape[-1]) if args.tune_grid == "saeuron-paper" else None)
+                      base=paper_grid(ConceptScores.load(scores_path).scores.shape[-1]) if args.tune_grid == "saeuron-paper" else None,
+                      starts=args.tune_starts)
     check_rules(args.selection, args.firing)
     check_output(args.out, "results file", may_replace=is_json_with("targets", "mean"))
     if args.report:
@@ -638,7 +642,8 @@ def _cmd_evaluate(args) -> None:
     results = run_evaluation(sae_dir, targets, seeds, tune_seeds, sampler_from_args(args),
                              args.together, Path(args.out), Path(args.report) if args.report else None, pipe=pipe,
                              selection=args.selection, firing=args.firing,
-                             fixed={"multiplier": args.multiplier, "percentile": args.percentile, "dominance": args.dominance},
+                             fixed={"multiplier": args.multiplier, "percentile": args.percentile, "dominance": args.dominance,
+                                    "start": args.start},
                              grid=grid, concept_set=concept_set, judge=judge)
     print(markdown_report(results))
 
@@ -648,7 +653,7 @@ def register_cli(sub) -> None:
     from .cli import command_help
 
     from .ablate import add_rule_args
-    from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, add_sampler_args
+    from .cli_args import DOMINANCE, MULTIPLIER, PERCENTILE, START, add_sampler_args
 
     p = sub.add_parser("evaluate", help=command_help("evaluate"))
     p.add_argument("--sae", help="SAE folder with concepts.h5 (SAeUron's ablation, tuned and evaluated here)")
@@ -675,6 +680,9 @@ def register_cli(sub) -> None:
     p.add_argument("--dominance", type=DOMINANCE, help="fixed minimum dominance for every target: keep only features the target fires at "
                                                    "least this many times as strongly as any other concept (0: no filter, SAeUron)")
     p.add_argument("--tune-dominances", help="minimum dominances to search with --tune-seeds (default 0: SAeUron's selection alone)")
+    p.add_argument("--start", type=START, help="fixed ablation start for every target: the fraction of the denoising steps left "
+                                               "unablated at the beginning (0: every step, SAeUron)")
+    p.add_argument("--tune-starts", help="ablation starts to search with --tune-seeds (default 0: every step, SAeUron)")
     p.add_argument("--together", action="store_true", help="erase all targets at once")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--report", help="folder for report.md and PNG grids")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli_args import check_output, DOMINANCE, MULTIPLIER, PERCENTILE, PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
+from .cli_args import check_output, DOMINANCE, MULTIPLIER, PERCENTILE, START, PROMPTS_HELP, add_sampler_args, concept_set_from_args, device_from_args, parse_seeds, sampler_from_args
 from .concept_set import parse_concepts
 from .errors import UserError
 from .pipelines import SamplerConfig, load_pipeline, sample, to_uint8
@@ -135,7 +135,7 @@ def _generate_ablated(pipe, prompts, seeds, config, targets, args) -> list[dict]
     from .ablate import load_ablation_site
 
     site = load_ablation_site(args.sae, pipe, args.selection, args.firing)
-    plan = site.plan(targets, multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance)
+    plan = site.plan(targets, multiplier=args.multiplier, percentile=args.percentile, dominance=args.dominance, start=args.start)
     return generate_to_dir(pipe, prompts, seeds, config, Path(args.out), draw=lambda ps, ss: site.sample(pipe, plan, ps, ss, config))
 
 
@@ -174,6 +174,8 @@ def register_cli(sub) -> None:
     p.add_argument("--percentile", type=PERCENTILE, help="score percentile of selected features per step (default: the tuned value of each target, else 99.7)")
     p.add_argument("--dominance", type=DOMINANCE, help="keep only features each target fires at least this many times as strongly "
                                                    "as any other concept (default: the tuned value of each target, else 0: no filter)")
+    p.add_argument("--start", type=START, help="fraction of the denoising steps left unablated at the start (default: the tuned "
+                                               "value of each target, else 0: every step, as SAeUron)")
     add_rule_args(p)
     p.set_defaults(func=_cmd_generate)
 

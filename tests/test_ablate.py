@@ -99,6 +99,21 @@ def test_sampler_steps_use_the_cached_step_of_nearest_timestep():
     assert windowed.at(0, 950) is None and windowed.at(7, 350) is windowed.steps[1]
 
 
+def test_a_later_start_leaves_the_first_steps_alone():
+    from saeuron.ablate import start_step
+
+    scores = _toy_scores()  # two cached steps
+    assert start_step(0.2, 25) == 5 and start_step(0.0, 25) == 0
+    assert sorted(plan_ablation(scores, ["style:a"], -1.0, top_n=1, start=0.0).steps) == [0, 1]  # the paper: every step
+    late = plan_ablation(scores, ["style:a"], -1.0, top_n=1, start=0.5)
+    assert sorted(late.steps) == [1] and late.at(0, 950) is None
+    # with a step window, the later of the two beginnings holds
+    assert plan_ablation(scores, ["style:a"], -1.0, top_n=1, start=0.5, step_window=(0, 1)).steps == {}
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match=f"ablation start .* got {bad}"):
+            plan_ablation(scores, ["style:a"], -1.0, top_n=1, start=bad)
+
+
 def test_merged_plans_keep_every_feature_with_its_strongest_scale():
     scores = _toy_scores()
     a = plan_ablation(scores, ["style:a"], multiplier=-1.0, top_n=1)

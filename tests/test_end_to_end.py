@@ -98,8 +98,9 @@ def test_stored_tuned_values_are_used_only_when_still_valid(tiny_run, minicanvas
     (sae_dir / "tuned.json").write_text(json.dumps(tuned))
     site = load_ablation_site(sae_dir)
     assert site.capture == "output" and site.hookpoint == TINY_HOOKPOINT
-    assert site.params("style:neon") == {"percentile": 99.0, "multiplier": -5.0, "dominance": 0.0}  # `generate --ablate` uses these
-    assert site.params("style:neon", multiplier=-2.0) == {"percentile": 99.0, "multiplier": -2.0, "dominance": 0.0}
+    # `generate --ablate` uses these; a record tuned before a setting existed (here "start") has its default
+    assert site.params("style:neon") == {"percentile": 99.0, "multiplier": -5.0, "dominance": 0.0, "start": 0.0}
+    assert site.params("style:neon", multiplier=-2.0, start=0.2) == {"percentile": 99.0, "multiplier": -2.0, "dominance": 0.0, "start": 0.2}
     assert site.params("style:lava") == SETTING_DEFAULTS
 
     def evaluate():

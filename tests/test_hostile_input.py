@@ -40,6 +40,7 @@ for cmd in (["generate", *P, "--sae", "SAE", "--ablate", "style:neon", "--out", 
                                  ("--multiplier", "0", "out of range"), ("--percentile", "100", "out of range"),
                                  ("--percentile", "0", "out of range"), ("--percentile", "inf", "not a finite number"),
                                  ("--dominance", "-1", "out of range"), ("--dominance", "nan", "not a finite number"),
+                                 ("--start", "1", "out of range"), ("--start", "-0.1", "out of range"),
                                  ("--selection", "nearest", "invalid choice"), ("--firing", "max", "invalid choice")):
         case(message, *cmd, flag, value)
 for flag, value, message in (("--k", "0", "out of range"), ("--expansion", "0", "out of range"), ("--lr", "0", "out of range"),
@@ -105,6 +106,7 @@ case("evaluation seeds [1] were also used to compute the concept scores", "evalu
 case("the existing store", "demo", "--out", "REUSED_RUN", "--cache-seeds", "5", "--eval-seeds", "1")  # the store's seeds, not the flags
 case("evaluation seeds [0] overlap", "demo", "--out", "OUT/demo", "--cache-seeds", "0", "--eval-seeds", "0,200")
 case("bad tuning multiplier list", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--tune-multipliers", "5", "--out", "OUT/r.json")
+case("bad tuning start list", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--tune-starts", "0,1.5", "--out", "OUT/r.json")
 case("unknown hookpoint 'up_blocks.9'", "cache", "--minicanvas", "--hookpoints", "up_blocks.9", "--out", "OUT/c.h5")
 case("not in", "train", "--cache", "STORE", "--hookpoint", "mid_block.attentions.0", "--out", "OUT/sae")
 case("unknown word 'cubism'", "generate", "--prompt", "a star in cubism style", "--out", "OUT")

@@ -19,6 +19,7 @@ class SAeUron(Method):
                                              "the paper's 99.999 of 20,480)"),
         "multiplier": Hyper("tuned", -1.0, "per target: tuned.json's value, else -1"),
         "dominance": Hyper("tuned", 0.0, "per target: tuned.json's value, else 0 (no filter, as the paper)"),
+        "start": Hyper("tuned", 0.0, "per target: tuned.json's value, else 0 (every denoising step ablated, as the paper)"),
         "selection": Hyper("saeuron", "saeuron"),
         "firing": Hyper("mean", "mean"),
     }
@@ -29,7 +30,7 @@ class SAeUron(Method):
         if not ctx.sae:
             raise UserError("--method saeuron needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
         site = load_ablation_site(ctx.sae, ctx.pipe, ctx.params["selection"], ctx.params["firing"])
-        given = {k: None if ctx.params[k] == "tuned" else float(ctx.params[k]) for k in ("percentile", "multiplier", "dominance")}
+        given = {k: None if ctx.params[k] == "tuned" else float(ctx.params[k]) for k in ("percentile", "multiplier", "dominance", "start")}
         settings = {t: site.params(t, **given) for t in ctx.targets}
         plan = site.plan(ctx.targets, params=settings)
         return {"sae": str(Path(ctx.sae).resolve()), "hookpoint": site.hookpoint, "settings": settings, "features": plan.n_features()}

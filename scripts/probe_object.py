@@ -1,0 +1,70 @@
+"""Compare ablation designs for one target on development seeds, on a subset of the answer set.
+
+    python scripts/probe_object.py --sae RUN/saes/up_blocks.0.attentions.1 --target object:star --seeds 200-204 \
+        --variant demo:percentile=99.5,multiplier=-20 --variant early:percentile=99.5,multiplier=-20,window=0-12
+
+Each variant is `NAME:key=value,...` with the keys percentile, multiplier, dominance, selection, firing and window
+(a step range `lo-hi`, as `plan_ablation`'s step_window). The images are every image of the target and `--retain`
+images of each other concept of its kind (`tuning_answer_set`), so UA is on 10 x seeds images and IRA on the rest.
+Prints one row per variant and writes them to `--out` (JSON) if given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from saeuron.ablate import load_ablation_site, plan_ablation  # noqa: E402
+from saeuron.cli_args import parse_seeds  # noqa: E402
+from saeuron.evaluate import _labels_of, tuning_answer_set, unlearning_metrics  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
+
+KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'NAME:key=value,...' -> (NAME, settings)."""
+    name, _, body = text.partition(":")
+    settings = {"percentile": 99.5, "multiplier": -20.0, "dominance": 0.0, "selection": "saeuron", "firing": "mean", "window": None}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key not in KEYS:
+            raise SystemExit(f"unknown variant key {key!r}; valid: {', '.join(KEYS)}")
+        settings[key] = KEYS[key](value)
+    return name, settings
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sae", type=Path, required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--seeds", default="200-204")
+    p.add_argument("--retain", type=int, default=6, help="images of each other concept of the target's kind")
+    p.add_argument("--variant", action="append", required=True)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    pipe = load_pipeline()
+    config = resolve_sampler(pipe, SamplerConfig())
+    answers = tuning_answer_set(args.target, parse_seeds(args.seeds), args.retain)
+    rows = []
+    for text in args.variant:
+        name, s = parse_variant(text)
+        site = load_ablation_site(args.sae, pipe, selection=s["selection"], firing=s["firing"])
+        window = tuple(int(v) for v in s["window"].split("-")) if s["window"] else None
+        plan = plan_ablation(site.scores, [args.target], s["multiplier"], percentile=s["percentile"], step_window=window,
+                             selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
+        start = time.time()
+        images = site.sample(pipe, plan, answers.prompts(), answers.image_seeds(), config)
+        m = unlearning_metrics(args.target, answers, _labels_of(images, None))
+        rows.append({"variant": name, **s, "features": plan.n_features(), **m, "images": len(images), "s": round(time.time() - start)})
+        print(f"| {name} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {plan.n_features()} | {rows[-1]['s']} s |", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
