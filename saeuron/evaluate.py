@@ -326,8 +326,8 @@ def markdown_report(results: dict) -> str:
     """A Markdown table of UA / IRA / CRA per target and the means: with SAeUron's setting per target, or the method's."""
     ablation = all("percentile" in m for m in results["targets"].values())
     setting_columns = "percentile | multiplier | dominance | start" if ablation else "method | setting"
-    lines = [f"| target | UA | IRA | CRA | base UA / IRA / CRA | {setting_columns} | changed labels (kept prompts) |",
-             "|---|---|---|---|---|---|---|" + ("---|---|" if ablation else "")]
+    header = f"| target | UA | IRA | CRA | base UA / IRA / CRA | {setting_columns} | changed labels (kept prompts) |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     method = results.get("config", {}).get("method", "")
     for t, m in results["targets"].items():
         changed = m.get("fidelity", {}).get("changed_label_share", float("nan"))

@@ -61,6 +61,8 @@ def test_target_spec_and_report():
     md = markdown_report({"targets": {"style:neon": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0, "percentile": 99.7, "multiplier": -1.0}},
                           "mean": {"style": {"UA": 90.0, "IRA": 80.0, "CRA": 70.0}}, "base": {"style_accuracy": 99.0, "object_accuracy": 95.0}})
     assert "| style:neon | 90.0 | 80.0 | 70.0 |" in md
+    header, rule = md.splitlines()[:2]  # a Markdown table: one delimiter cell per header cell
+    assert rule.count("---") == header.count("|") - 1 and "start" in header
 
 
 def test_tuning_set_has_every_target_image_and_a_few_of_each_other_concept():
