@@ -91,7 +91,7 @@ def with_stored_settings(app_run: Path, dest: Path) -> Path:
     (dest / "eval" / "other.json").write_text(json.dumps(  # another hookpoint's evaluation: not this SAE's setting
         {"targets": {"object:ring": {"percentile": 90.0, "multiplier": -3.0}}, "config": {**config, "hookpoint": "elsewhere"}}))
     (dest / "saes" / HP / "tuned.json").write_text(json.dumps(
-        {"object:star": {"percentile": 96.0, "multiplier": -5.0, "dominance": 1.5, "tune_seeds": [100]}}))
+        {"object:star": {"percentile": 96.0, "multiplier": -5.0, "dominance": 1.5, "start": 0.5, "tune_seeds": [100]}}))
     return dest
 
 
@@ -182,7 +182,8 @@ def test_stored_settings(app_run, tmp_path):
     neon, star = stored["style:neon"], stored["object:star"]
     assert (neon["percentile"], neon["multiplier"], neon["dominance"]) == (95.5, -7.0, 0.0)
     assert "eval/style-neon.json" in neon["source"]
-    assert (star["percentile"], star["multiplier"], star["dominance"]) == (96.0, -5.0, 1.5) and "tuned" in star["source"]
+    assert (star["percentile"], star["multiplier"], star["dominance"], star["start"]) == (96.0, -5.0, 1.5, 0.5) and "tuned" in star["source"]
+    assert neon["start"] == 0.0  # a record without the setting: SAeUron's, every step
     default = setting_for(stored, "object:ring")
     assert {k: default[k] for k in SETTING_DEFAULTS} == SETTING_DEFAULTS and default["source"] == "default"
     # tuned.json wins over the evaluation
@@ -193,7 +194,9 @@ def test_stored_settings(app_run, tmp_path):
 
     scores = ConceptScores.load(app_run / "saes" / HP / "concepts.h5")
     plan = build_plan(scores, {"style:neon": neon, "object:star": star}, [3], -2.0, (0, 4))
-    alone = [plan_ablation(scores, ["style:neon"], -7.0, percentile=95.5), plan_ablation(scores, ["object:star"], -5.0, percentile=96.0, min_dominance=1.5)]
+    alone = [plan_ablation(scores, ["style:neon"], -7.0, percentile=95.5),
+             plan_ablation(scores, ["object:star"], -5.0, percentile=96.0, min_dominance=1.5, start=0.5)]
+    assert all(step >= 2 for step in alone[1].steps)  # the star's first half of the 4 cached steps is left alone
     for step, sa in plan.steps.items():
         expect = {3} | {f for p in alone if step in p.steps for f in p.steps[step].features.tolist()}
         assert set(sa.features.tolist()) == expect
@@ -412,6 +415,7 @@ def test_ablate_page_everywhere_from_stored_setting(app_run, tmp_path):
     assert at.number_input(key=f"ab_pct:{HP}:style:neon").value == 95.5
     assert at.number_input(key=f"ab_mult:{HP}:style:neon").value == -7.0
     assert at.number_input(key=f"ab_dom:{HP}:object:star").value == 1.5
+    assert at.number_input(key=f"ab_start:{HP}:object:star").value == 0.5
     assert any("tuned (tuned.json, seeds [100])" in c.value for c in at.caption)
     assert at.number_input(key="ab_seed").value == 7  # the run's evaluation seed
     at.multiselect(key=f"ab_concepts:{HP}").set_value(["style:neon"])
