@@ -191,11 +191,11 @@ def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanv
     assert percentile == 99.0 and multiplier in (-2.0, -4.0) and dominance in (0.0, 2.0)
     tuned_path = sae_dir / "tuned.json"
     stored = json.loads(tuned_path.read_text())["style:neon"]
-    assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0], "dominance": [0.0, 2.0]}
+    assert stored["grid"] == {"percentile": [99.0], "multiplier": [-2.0, -4.0], "dominance": [0.0, 2.0], "start": [0.0]}
     assert [(p["percentile"], p["multiplier"], p["dominance"]) for p in stored["tried"]] == [
         (99.0, -2.0, 0.0), (99.0, -2.0, 2.0), (99.0, -4.0, 0.0), (99.0, -4.0, 2.0)]
     assert evaluate(fixed={"multiplier": -7.0}) == (99.0, -7.0, dominance)
-    # a record written before the dominance axis existed counts as searched at dominance 0 alone: not re-tuned
+    # a record written before the dominance and start axes existed counts as searched at 0 alone: not re-tuned
     old = {**stored, "grid": {"percentile": [99.0], "multiplier": [-2.0, -4.0]}, "dominance": None, "tried": []}
     del old["dominance"]
     tuned_path.write_text(json.dumps({"style:neon": old}))
@@ -207,6 +207,9 @@ def test_evaluate_with_a_fixed_setting_or_a_given_tuning_grid(tiny_run, minicanv
         parse_grid(None, None, "2,-1")
     with pytest.raises(UserError, match="'99,x'"):
         parse_grid("99,x", None)
+    assert parse_grid(None, None, starts="0,0.2")["start"] == (0.0, 0.2)
+    with pytest.raises(UserError, match=r"starts must be fractions .* \[0, 1\)"):
+        parse_grid(None, None, starts="0,1")
 
 
 @pytest.mark.slow  # about 80 s: three evaluations of 100 images
