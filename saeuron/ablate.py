@@ -140,8 +140,9 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
     thresholds = {r: firing_thresholds(scores, r, rows, firing) for r in rows}
     steps: dict[int, StepAblation] = {}
     step_ids = scores.steps if scores.steps is not None else np.arange(scores.scores.shape[1])
-    lo, hi = step_window or (0, int(step_ids.max()) + 1)
-    lo = max(lo, start_step(start, int(step_ids.max()) + 1))
+    n_steps = int(step_ids.max()) + 1
+    lo, hi = step_window or (0, n_steps)
+    lo = max(lo, start_step(start, n_steps))
     for t, step in enumerate(step_ids.tolist()):
         if not lo <= step < hi:
             continue
@@ -214,6 +215,14 @@ DEFAULT_PERCENTILE = 99.7  # ~3 of 1024 features per step on minicanvas; used un
 SETTING_DEFAULTS = {"percentile": DEFAULT_PERCENTILE, "multiplier": DEFAULT_MULTIPLIER, "dominance": 0.0, "start": 0.0}
 
 
+def plan_for_setting(scores: ConceptScores, target: str, setting: dict, selection: str = "saeuron", firing: str = "mean",
+                     step_window: tuple[int, int] | None = None) -> AblationPlan:
+    """`plan_ablation` of one target from its setting (keys of SETTING_DEFAULTS; a missing key takes its default)."""
+    s = {**SETTING_DEFAULTS, **setting}
+    return plan_ablation(scores, [target], float(s["multiplier"]), percentile=float(s["percentile"]), step_window=step_window,
+                         selection=selection, firing=firing, min_dominance=float(s["dominance"]), start=float(s["start"]))
+
+
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
     """Generate with the plan applied to the hookpoint (on the signal the SAE was trained on), both CFG halves."""
     from .hooks import intervene
@@ -250,10 +259,7 @@ class AblationSite:
         """One plan erasing all targets, each selected with its own setting (`params[target]`, else `self.params`)."""
         plans = []
         for t in targets:
-            p = (params or {}).get(t) or self.params(t, **given)
-            plans.append(plan_ablation(self.scores, [t], p["multiplier"], percentile=p["percentile"], selection=self.selection,
-                                       firing=self.firing, min_dominance=p.get("dominance", SETTING_DEFAULTS["dominance"]),
-                                       start=p.get("start", SETTING_DEFAULTS["start"])))
+            plans.append(plan_for_setting(self.scores, t, (params or {}).get(t) or self.params(t, **given), self.selection, self.firing))
         return merge_plans(*plans)
 
     def describe(self) -> dict:

@@ -369,11 +369,10 @@ def setting_for(stored: dict[str, dict], target: str) -> dict:
 def build_plan(scores, settings: dict[str, dict], features: list[int] = (), feature_multiplier: float = -1.0,
                step_window: tuple[int, int] | None = None):
     """One plan erasing each target with its own setting (see `stored_settings`) and hand-picked features."""
-    from .ablate import merge_plans, plan_ablation
+    from .ablate import SETTING_DEFAULTS, merge_plans, plan_for_setting
 
-    plans = [plan_ablation(scores, [t], float(p["multiplier"]), percentile=float(p["percentile"]), step_window=step_window,
-                           selection=p.get("selection", "saeuron"), firing=p.get("firing", "mean"),
-                           min_dominance=float(p.get("dominance", 0.0)), start=float(p.get("start", 0.0))) for t, p in settings.items()]
+    plans = [plan_for_setting(scores, t, {k: p[k] for k in SETTING_DEFAULTS if k in p}, p.get("selection", "saeuron"),
+                              p.get("firing", "mean"), step_window) for t, p in settings.items()]
     if features:
         if feature_multiplier >= 0:
             raise UserError(f"the ablation multiplier must be negative (SAeUron uses -1 ... -30), got {feature_multiplier}")

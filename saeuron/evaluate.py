@@ -339,7 +339,7 @@ def markdown_report(results: dict) -> str:
             shown = {k: v for k, v in results.get("config", {}).get("method_params", {}).items() if k in KEY_SETTINGS}
             setting = f"{method} | " + ", ".join(f"{k} {v}" for k, v in shown.items())
         lines.append(f"| {t} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {base} | {setting} | {changed:.1f}% |")
-    blanks = "| | | | |" if ablation else "| | |"
+    blanks = " |" * (header.count("|") - 5)  # the cells after CRA
     for kind, m in results["mean"].items():
         lines.append(f"| **mean {kind}** | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {blanks}")
     b = results["base"]

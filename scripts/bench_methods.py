@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
-from saeuron.ablate import load_ablation_site  # noqa: E402
+from saeuron.ablate import SETTING_DEFAULTS, load_ablation_site  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
@@ -91,7 +91,7 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps({**tuned, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}, indent=1))
         best = json.loads(record.read_text())
-    return str(sae), [f"{k}={best.get(k, 0.0)}" for k in ("percentile", "multiplier", "dominance", "start")] + [f"selection={selection}"]
+    return str(sae), [f"{k}={best.get(k, default)}" for k, default in SETTING_DEFAULTS.items()] + [f"selection={selection}"]
 
 
 def run_job(pipe, run: Path, name: str, target: str, eval_seeds: list[int], tune_seeds: list[int], sampler, base_images) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.ablate import load_ablation_site, plan_ablation  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
-from saeuron.evaluate import _labels_of, tuning_answer_set, unlearning_metrics  # noqa: E402
+from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
 
 KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str}
@@ -50,6 +50,7 @@ def main():
     pipe = load_pipeline()
     config = resolve_sampler(pipe, SamplerConfig())
     answers = tuning_answer_set(args.target, parse_seeds(args.seeds), args.retain)
+    judge = default_judge()  # loaded once, not per variant
     rows = []
     for text in args.variant:
         name, s = parse_variant(text)
@@ -59,7 +60,7 @@ def main():
                              selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
         start = time.time()
         images = site.sample(pipe, plan, answers.prompts(), answers.image_seeds(), config)
-        m = unlearning_metrics(args.target, answers, _labels_of(images, None))
+        m = unlearning_metrics(args.target, answers, judge.label(images))
         rows.append({"variant": name, **s, "features": plan.n_features(), **m, "images": len(images), "s": round(time.time() - start)})
         print(f"| {name} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {plan.n_features()} | {rows[-1]['s']} s |", flush=True)
         if args.out:

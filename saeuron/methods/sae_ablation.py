@@ -25,12 +25,12 @@ class SAeUron(Method):
     }
 
     def fit(self, ctx: FitContext) -> dict:
-        from ..ablate import load_ablation_site
+        from ..ablate import SETTING_DEFAULTS, load_ablation_site
 
         if not ctx.sae:
             raise UserError("--method saeuron needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
         site = load_ablation_site(ctx.sae, ctx.pipe, ctx.params["selection"], ctx.params["firing"])
-        given = {k: None if ctx.params[k] == "tuned" else float(ctx.params[k]) for k in ("percentile", "multiplier", "dominance", "start")}
+        given = {k: None if ctx.params[k] == "tuned" else float(ctx.params[k]) for k in SETTING_DEFAULTS}
         settings = {t: site.params(t, **given) for t in ctx.targets}
         plan = site.plan(ctx.targets, params=settings)
         return {"sae": str(Path(ctx.sae).resolve()), "hookpoint": site.hookpoint, "settings": settings, "features": plan.n_features()}
