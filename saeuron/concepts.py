@@ -20,7 +20,7 @@ import h5py
 import torch
 import numpy as np
 
-from .concept_set import Concept
+from .concept_set import Concept, ConceptSet
 from .errors import UserError, read_json
 
 FORMAT = "saeuron-concepts-v1"
@@ -190,9 +190,53 @@ def select_features(scores_tf: np.ndarray, percentile: float | None = None, top_
     return chosen
 
 
+@dataclass
+class ImageStepMeans:
+    """An SAE's latents over a cached run, averaged over positions per (prompt, seed, step): the input of every score."""
+
+    table: ConceptSet  # the store's labelled prompts
+    keys: np.ndarray  # (N, 3) prompt index, seed, step index of each mean
+    means: np.ndarray  # (N, F)
+    steps: list[int]  # the cached step indices, in order
+    timesteps: np.ndarray  # (T,) their timesteps
+    seeds: np.ndarray  # the seeds of the images
+
+    def accumulate(self, concepts: list[str], where=lambda row: True) -> ConceptScores:
+        """Scores of `concepts` over the images whose prompt row passes `where` (labels of other concepts ignored)."""
+        acc = ConceptMeanAccumulator(concepts, len(self.steps), self.means.shape[1])
+        step_row = {s: i for i, s in enumerate(self.steps)}
+        known = set(concepts)
+        for (prompt, _seed, step), mean in zip(self.keys, self.means):
+            row = self.table.rows[int(prompt)]
+            if where(row):
+                acc.add([c for c in self.table.labels(row) if c in known], step_row[int(step)], mean)
+        scores = acc.scores(self.timesteps)
+        scores.steps = np.array(self.steps)
+        scores.seeds = self.seeds
+        return scores
+
+    def scores(self) -> ConceptScores:
+        """SAeUron's scores of every concept of the store."""
+        return self.accumulate(self.table.concepts())
+
+    def context_scores(self, kind: str) -> dict[str, ConceptScores]:
+        """Per value v of `kind`, the scores of the concepts of the other kinds on the images of v alone (an object's
+        features within one style): what a concept carries in one context, which the mean over contexts can hide."""
+        others = [c for c in self.table.concepts() if Concept.parse(c).kind != kind]
+        if kind not in self.table.kinds or not others:
+            raise UserError(f"context scores need a kind {kind!r} of the store and another kind; it has {', '.join(self.table.kinds)}")
+        return {f"{kind}:{v}": self.accumulate(others, lambda row, v=v: row.get(kind) == v) for v in self.table.values(kind)}
+
+
 @torch.no_grad()
 def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15, branch: str = "cond") -> ConceptScores:
     """Concept scores of an SAE over a cached run: latents averaged per image and step, then per concept."""
+    return image_step_means(cache_path, hookpoint, sae, block_rows, branch).scores()
+
+
+@torch.no_grad()
+def image_step_means(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15, branch: str = "cond") -> ImageStepMeans:
+    """The SAE's latents over a cached run (CFG branch `branch`), averaged over positions per image and step."""
     from tqdm import tqdm
 
     from .cache import open_store, read_rows, row_provenance
@@ -230,18 +274,10 @@ def score_cache(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 << 15
         latents = sae.encode(rows.to(device, sae.W_dec.dtype))
         sums.index_add_(0, torch.from_numpy(group[start:stop][mask]).to(device), latents.to(sums.dtype))
     steps, first_row = np.unique(prov["step"], return_index=True)  # vectorised: stores hold millions of rows
-    steps = steps.tolist()
-    step_row = {s: i for i, s in enumerate(steps)}
-    timesteps = prov["timestep"][first_row].astype(np.int64)
-    acc = ConceptMeanAccumulator(concepts, len(steps), n_feat)
     means = (sums.cpu().double() / torch.from_numpy(np.maximum(counts, 1))[:, None]).numpy()
-    for (prompt, _seed, step), mean, count in zip(uniq, means, counts):
-        if count:
-            acc.add(table.labels(table.rows[int(prompt)]), step_row[int(step)], mean)
-    scores = acc.scores(timesteps)
-    scores.steps = np.array(steps)
-    scores.seeds = np.unique(prov["seed"][keep]).astype(np.int64)
-    return scores
+    seen = counts > 0
+    return ImageStepMeans(table, uniq[seen], means[seen], steps.tolist(), prov["timestep"][first_row].astype(np.int64),
+                          np.unique(prov["seed"][keep]).astype(np.int64))
 
 
 def _is_score_file(path: Path) -> bool:

@@ -4,9 +4,10 @@
         --variant demo:percentile=99.5,multiplier=-20 --variant early:percentile=99.5,multiplier=-20,window=0-12
 
 Each variant is `NAME:key=value,...` with the keys percentile, multiplier, dominance, selection, firing and window
-(a step range `lo-hi`, as `plan_ablation`'s step_window). The images are every image of the target and `--retain`
+(a step range `lo-hi`, as `plan_ablation`'s step_window) and context (a percentile P > 0: add, for each value of the
+other kind, the features above P of the target's scores on that value's images alone; `ImageStepMeans.context_scores`). The images are every image of the target and `--retain`
 images of each other concept of its kind (`tuning_answer_set`), so UA is on 10 x seeds images and IRA on the rest.
-Prints one row per variant and writes them to `--out` (JSON) if given.
+Prints one row per variant and writes them to `--out` (JSON) if given, with the target images that survive.
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import load_ablation_site, plan_ablation  # noqa: E402
+from saeuron.ablate import load_ablation_site, merge_plans, plan_ablation  # noqa: E402
+from saeuron.concepts import image_step_means  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
 
-KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str}
+KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str, "context": float}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """'NAME:key=value,...' -> (NAME, settings)."""
     name, _, body = text.partition(":")
-    settings = {"percentile": 99.5, "multiplier": -20.0, "dominance": 0.0, "selection": "saeuron", "firing": "mean", "window": None}
+    settings = {"percentile": 99.5, "multiplier": -20.0, "dominance": 0.0, "selection": "saeuron", "firing": "mean", "window": None,
+                "context": 0.0}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         if key not in KEYS:
@@ -51,17 +56,30 @@ def main():
     config = resolve_sampler(pipe, SamplerConfig())
     answers = tuning_answer_set(args.target, parse_seeds(args.seeds), args.retain)
     judge = default_judge()  # loaded once, not per variant
-    rows = []
+    rows, contexts = [], None  # contexts: per-context scores, computed once when a variant asks
     for text in args.variant:
         name, s = parse_variant(text)
         site = load_ablation_site(args.sae, pipe, selection=s["selection"], firing=s["firing"])
         window = tuple(int(v) for v in s["window"].split("-")) if s["window"] else None
         plan = plan_ablation(site.scores, [args.target], s["multiplier"], percentile=s["percentile"], step_window=window,
                              selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
+        if s["context"]:
+            if contexts is None:
+                cache = json.loads(h5py.File(args.sae / "concepts.h5", "r").attrs["config"])["cache"]
+                kind = next(k for k in site.scores.kinds if k != args.target.split(":")[0])
+                contexts = image_step_means(Path(cache), site.hookpoint, site.sae).context_scores(kind)
+            plan = merge_plans(plan, *(plan_ablation(c, [args.target], s["multiplier"], percentile=s["context"], step_window=window,
+                                                     selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
+                                       for c in contexts.values()))
         start = time.time()
         images = site.sample(pipe, plan, answers.prompts(), answers.image_seeds(), config)
-        m = unlearning_metrics(args.target, answers, judge.label(images))
-        rows.append({"variant": name, **s, "features": plan.n_features(), **m, "images": len(images), "s": round(time.time() - start)})
+        labels = judge.label(images)
+        m = unlearning_metrics(args.target, answers, labels)
+        kind, value = args.target.split(":", 1)
+        survivors = [f"{prompt} @ {seed}" for prompt, seed, truth, lab in zip(answers.prompts(), answers.image_seeds(), answers.truth(), labels)
+                     if truth.get(kind) == value and lab.get(kind) == value]  # target images the judge still calls the target
+        rows.append({"variant": name, **s, "features": plan.n_features(), **m, "images": len(images), "s": round(time.time() - start),
+                     "survivors": survivors})
         print(f"| {name} | {m['UA']:.1f} | {m['IRA']:.1f} | {m['CRA']:.1f} | {plan.n_features()} | {rows[-1]['s']} s |", flush=True)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1))

@@ -117,3 +117,17 @@ def test_a_labelled_store_scores_every_kind_and_a_one_value_kind_against_the_res
     assert np.abs(scores.scores[g]).max() > 0
     with pytest.raises(UserError, match="unknown concept kind 'style'.*glow, shape"):
         scores.index("style:neon")
+
+    # per-context scores: the shapes within the glowing prompts alone (one image each), from the same image-step means
+    from saeuron.concepts import image_step_means
+
+    means = image_step_means(store, hp, Identity())
+    glowing = means.context_scores("glow")["glow:yes"]
+    assert list(means.context_scores("glow")) == ["glow:yes"] and glowing.concepts == ["shape:ring", "shape:star"]
+    assert glowing.n_images.tolist() == [1, 1]
+    star_neon = np.stack([means.means[(means.keys[:, 0] == 0) & (means.keys[:, 2] == s)][0] for s in means.steps])
+    np.testing.assert_allclose(glowing.mean_acts[glowing.index("shape:star")], star_neon, rtol=1e-5)
+    np.testing.assert_allclose(glowing.other_acts[glowing.index("shape:star")], glowing.mean_acts[glowing.index("shape:ring")], rtol=1e-5)
+    np.testing.assert_array_equal(means.scores().scores, scores.scores)
+    with pytest.raises(UserError, match="kind 'color'"):
+        means.context_scores("color")
