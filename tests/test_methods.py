@@ -15,6 +15,10 @@ from saeuron.methods import get_method, methods
 from saeuron.pipelines import SamplerConfig
 from saeuron.unlearn import RECORD_FILE, load_unlearned, unlearn
 
+# the module fixture `fitted` trains every weight method once (about 5 minutes alone on 2 cores), inside the first test's
+# setup: a slower or busier machine needs more than the suite's default 900 s per test
+pytestmark = pytest.mark.timeout(2400)
+
 TARGET = "style:neon"
 KEPT = "style:sunset"
 OBJECTS = ("star", "circle", "square", "heart", "ring")
