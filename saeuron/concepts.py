@@ -280,6 +280,12 @@ def image_step_means(cache_path: Path, hookpoint: str, sae, block_rows: int = 1 
                           np.unique(prov["seed"][keep]).astype(np.int64))
 
 
+def score_file_config(path: Path) -> dict:
+    """The config a concept-score file was written with (its "cache", "sae", "hookpoint"; {} if none)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs.get("config", "{}"))
+
+
 def _is_score_file(path: Path) -> bool:
     """A concept-score file written by `saeuron score` (which a new scoring may replace)."""
     try:

@@ -532,10 +532,7 @@ def run_unlearned_evaluation(folder: Path, seeds: list[int], config: SamplerConf
 def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path | None) -> ConceptSet | None:
     """The labelled prompts of the answer set: --prompts, else (minicanvas) the world's grid (None), else the labelled
     prompts of the store the SAE's concept scores came from (`sae_dir` None: no SAE, --prompts is needed)."""
-    import json
-
-    import h5py
-
+    from .concepts import score_file_config
     from .pipelines import MINICANVAS
 
     if prompts_file:
@@ -547,8 +544,7 @@ def answer_concept_set(model: str, prompts_file: str | None, sae_dir: Path | Non
     else:
         scores = sae_dir / "concepts.h5"
         try:
-            with h5py.File(scores, "r") as f:
-                store = json.loads(f.attrs.get("config", "{}")).get("cache")
+            store = score_file_config(scores).get("cache")
         except OSError:
             raise UserError(f"cannot read {str(scores)!r}; run `saeuron score` first, or give the answer set with --prompts FILE") from None
         if not store or not Path(store).exists():

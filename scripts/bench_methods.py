@@ -169,10 +169,11 @@ def machine() -> str:
 
 def not_run(name: str, kind: str) -> str:
     """The cell of a kind a variant did not run: a variant that changes only the other kind has saeuron-paper's cells."""
-    paper = VARIANTS["saeuron-paper"]
-    same = name in VARIANTS and VARIANTS[name][1] == paper[1] and VARIANTS[name][2] is not None \
-        and VARIANTS[name][2][kind] == paper[2][kind] and kind not in GRID_CHANGES.get(name, {}) and name not in TUNE_SEEDS
-    return "as saeuron-paper" if same and name != "saeuron-paper" else "not run"
+    _, selection, rules = VARIANTS.get(name, (None, None, None))
+    _, paper_selection, paper_rules = VARIANTS["saeuron-paper"]
+    same = name != "saeuron-paper" and rules is not None and (selection, rules[kind]) == (paper_selection, paper_rules[kind]) \
+        and kind not in GRID_CHANGES.get(name, {}) and name not in TUNE_SEEDS
+    return "as saeuron-paper" if same else "not run"
 
 
 def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:

@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saeuron.ablate import load_ablation_site, merge_plans, plan_ablation  # noqa: E402
-from saeuron.concepts import image_step_means  # noqa: E402
+from saeuron.concepts import image_step_means, score_file_config  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
@@ -56,6 +54,7 @@ def main():
     config = resolve_sampler(pipe, SamplerConfig())
     answers = tuning_answer_set(args.target, parse_seeds(args.seeds), args.retain)
     judge = default_judge()  # loaded once, not per variant
+    kind, value = args.target.split(":", 1)
     rows, contexts = [], None  # contexts: per-context scores, computed once when a variant asks
     for text in args.variant:
         name, s = parse_variant(text)
@@ -65,9 +64,9 @@ def main():
                              selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
         if s["context"]:
             if contexts is None:
-                cache = json.loads(h5py.File(args.sae / "concepts.h5", "r").attrs["config"])["cache"]
-                kind = next(k for k in site.scores.kinds if k != args.target.split(":")[0])
-                contexts = image_step_means(Path(cache), site.hookpoint, site.sae).context_scores(kind)
+                cache = score_file_config(args.sae / "concepts.h5")["cache"]
+                context_kind = next(k for k in site.scores.kinds if k != kind)
+                contexts = image_step_means(Path(cache), site.hookpoint, site.sae).context_scores(context_kind)
             plan = merge_plans(plan, *(plan_ablation(c, [args.target], s["multiplier"], percentile=s["context"], step_window=window,
                                                      selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
                                        for c in contexts.values()))
@@ -75,7 +74,6 @@ def main():
         images = site.sample(pipe, plan, answers.prompts(), answers.image_seeds(), config)
         labels = judge.label(images)
         m = unlearning_metrics(args.target, answers, labels)
-        kind, value = args.target.split(":", 1)
         survivors = [f"{prompt} @ {seed}" for prompt, seed, truth, lab in zip(answers.prompts(), answers.image_seeds(), answers.truth(), labels)
                      if truth.get(kind) == value and lab.get(kind) == value]  # target images the judge still calls the target
         rows.append({"variant": name, **s, "features": plan.n_features(), **m, "images": len(images), "s": round(time.time() - start),
