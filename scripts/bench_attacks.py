@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import parse_methods, saeuron_paper_style  # noqa: E402
+from bench_common import attack_cells, parse_methods, saeuron_paper_style  # noqa: E402
 from saeuron.attack import ATTACKS, AttackConfig, run_attack  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
@@ -65,13 +65,12 @@ def write_markdown(out: Path, table: dict, targets: list[str], eval_seeds: list[
              "|---|---|---|---|---|---|---|"]
     for method, rows in table.items():
         for target, r in rows.items():
-            cells = [f"{r[a]['UA_after']:.0f}" if a in r else "" for a in ATTACKS]
-            before = next((r[a]["UA_before"] for a in ATTACKS if a in r), float("nan"))
-            secs = sum(r[a]["seconds"] for a in ATTACKS if a in r)
-            threads = "/".join(sorted({str(r[a].get("threads", "?")) for a in ATTACKS if a in r}))
-            lines.append(f"| {method} | {target} | {before:.0f} | " + " | ".join(cells) + f" | {secs:.0f} | {threads} |")
-    lines += ["", "Per-prompt UA and the learned embeddings: `RUN/attacks/<method>/<target>/<attack>/`."]
+            before, after, secs, threads = attack_cells(r, ATTACKS)
+            lines.append(f"| {method} | {target} | {before} | " + " | ".join(after) + f" | {secs:.0f} | {threads} |")
+    lines += ["", "Per-prompt UA and the learned embeddings: `RUN/attacks/<method>/<target>/<attack>/`. The table's data: "
+              f"`{out.with_suffix('.json').name}` beside this file (METHODS.md shows it too)."]
     out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(table, indent=1))
 
 
 def main():

@@ -1,4 +1,4 @@
-"""What the bench scripts share: the method list parser and SAeUron's paper-faithful style setting."""
+"""What the bench scripts share: the method list parser, SAeUron's paper-faithful style setting and the attack table's cells."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
     sae = run / "saes" / STYLE_HOOKPOINT
     width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
     return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]
+
+
+def attack_cells(row: dict, attacks: tuple[str, ...]) -> tuple[str, list[str], float, str]:
+    """One (method, target) row of an attack bench's table: UA without attack, UA after each attack ('' where not run),
+    the attacks' seconds and the thread counts they ran at."""
+    done = [a for a in attacks if a in row]
+    before = f"{row[done[0]]['UA_before']:.0f}" if done else ""
+    return (before, [f"{row[a]['UA_after']:.0f}" if a in row else "" for a in attacks], sum(row[a]["seconds"] for a in done),
+            "/".join(sorted({str(row[a].get("threads", "?")) for a in done})))

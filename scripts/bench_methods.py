@@ -37,6 +37,9 @@ from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_an
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import attack_cells  # noqa: E402
+
 TARGETS = ["style:neon", "style:ocean", "style:lava", "object:star", "object:ring", "object:heart"]
 # name -> (method, SAeUron's selection rule, its setting per kind: "paper-fixed" (the paper's style setting: 1 feature a
 # step, multiplier -1), "fixed" (this project's: 99.7, ~3 features, multiplier -1), "paper-grid" (tuned over the
@@ -215,9 +218,28 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     lines += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in PUBLISHED.items()]
     lines += ["", "ESD-u, UnGuide and Selective Amnesia have no UnlearnCanvas row (UnlearnCanvas's ESD is ESD-x; UnGuide's paper evaluates CIFAR-10 classes and I2P; SA's code is in the UnlearnCanvas repository but not in its table). Grids: `benchmarks/methods/<method>.png` "
               "(per target, upper row the base model, lower row the unlearned one; 3 prompts of the target, 3 kept).", "",
-              "What each row changes from its paper, which seeds each choice looked at, and what is weak: `benchmarks/RESULTS.md`. "
-              "Under attack: `benchmarks/ATTACKS.md`."]
+              "What each row changes from its paper, which seeds each choice looked at, and what is weak: `benchmarks/RESULTS.md`."]
+    lines += attack_section(args.attacks, eval_seeds)
     out.write_text("\n".join(lines) + "\n")
+
+
+def attack_section(path: Path, eval_seeds: list[int]) -> list[str]:
+    """UA after each attack per method, from the attack bench's table (`scripts/bench_attacks.py` writes it beside
+    benchmarks/ATTACKS.md, with the threat model and the command); nothing when there is none."""
+    if not path.exists():
+        return []
+    from saeuron.attack import ATTACKS
+
+    lines = ["", "## Under attack", "",
+             f"UA (%) on evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} without an attack and after each white-box attack "
+             f"(300 Adam steps, lr 0.01), each method at its default setting. From `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`, "
+             "written by `scripts/bench_attacks.py`; the threat model, the command and the machine: `benchmarks/ATTACKS.md`.", "",
+             "| method | target | UA, no attack | " + " | ".join(f"UA after {a}" for a in ATTACKS) + " |", "|---|---|---|" + "---|" * len(ATTACKS)]
+    for method, rows in json.loads(path.read_text()).items():
+        for target, row in rows.items():
+            before, after, _, _ = attack_cells(row, ATTACKS)
+            lines.append(f"| {method} | {target} | {before} | " + " | ".join(after) + " |")
+    return lines
 
 
 # slowest first, so that parallel jobs finish together
@@ -267,6 +289,8 @@ def main():
     p.add_argument("--with-results", type=Path, action="append", default=[],
                    help="a folder of another run's results/<variant>/ (e.g. benchmarks/methods/h200) whose rows the table shows "
                         "beside this run's, each row marked by its machine (a variant this run measured shows this run's row)")
+    p.add_argument("--attacks", type=Path, default=ROOT / "benchmarks" / "ATTACKS.json",
+                   help="the attack bench's table (scripts/bench_attacks.py), shown under the methods' table when present")
     p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: VARIANT@TARGET
     args = p.parse_args()
     torch.set_num_threads(args.threads)
