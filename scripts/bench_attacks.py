@@ -58,7 +58,7 @@ def folder_for(pipe, run: Path, method: str, target: str) -> Path:
 def write_markdown(out: Path, table: dict, targets: list[str], eval_seeds: list[int]) -> None:
     cmd = "python scripts/bench_attacks.py " + " ".join(sys.argv[1:])
     lines = ["# Unlearning under attack on minicanvas", "",
-             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}), CPU (torch threads per row), torch {torch.__version__}. Each method at its default setting (seed 0) on {', '.join(targets)}; UA (%) on evaluation seeds "
+             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}), CPU (torch threads per row), torch {torch.__version__}. Each method at its default setting (seed 0) on the row's target (this command: {', '.join(targets)}; other rows: earlier runs of the same script, kept in the run's table); UA (%) on evaluation seeds "
              f"{eval_seeds[0]}-{eval_seeds[-1]} without the attack and after it; concept images from the base model on seeds "
              "400-403; 300 Adam steps at lr 0.01 per attack.", "", THREAT_MODEL, "",
              "| method | target | UA, no attack | UA after unlearndiffatk (white-box, soft prompt) | UA after inversion (white-box, new token) | attack time (s) | threads |",
