@@ -98,7 +98,8 @@ def main():
         torch.save(generate_answer_set(pipe, full_answer_set(eval_seeds), sampler), base_path.with_suffix(".partial"))
         base_path.with_suffix(".partial").rename(base_path)  # an interrupted run leaves no half-written file behind
     base_images = torch.load(base_path)
-    table = {}
+    cmd = ("python scripts/bench_sequential.py " + " ".join(sys.argv[1:])).strip()
+    machine = f"{pipe.device.type}, {args.threads} threads, torch {torch.__version__}"
     for method in methods:
         rows = []
         for k in range(len(STYLES)):
@@ -111,21 +112,32 @@ def main():
                          "IRA": res[STYLES[k]]["IRA"], "CRA": res[STYLES[k]]["CRA"]})
             print(f"[{method}] step {k + 1}: UA {rows[-1]['UA']:.1f} (first {rows[-1]['UA_first']:.0f}) IRA {rows[-1]['IRA']:.1f} "
                   f"CRA {rows[-1]['CRA']:.1f}", flush=True)
-        table[method] = rows
         plot_png(rows, method, args.png_dir / f"{method}.png")
-    cmd = "python scripts/bench_sequential.py " + " ".join(sys.argv[1:])
+        record = {"method": method, "rows": rows, "command": cmd, "machine": machine, "date": time.strftime("%Y-%m-%d"),
+                  "eval_seeds": f"{eval_seeds[0]}-{eval_seeds[-1]}"}
+        (args.png_dir / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_table(args.png_dir, args.out, eval_seeds)
+    print(args.out.read_text())
+
+
+def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
+    """SEQUENTIAL.md from every method's rows in rows_dir (<method>.json), each with the command and machine that ran it."""
+    records = [json.loads((rows_dir / f"{m}.json").read_text()) for m in METHODS if (rows_dir / f"{m}.json").exists()]
     lines = ["# Sequential unlearning on minicanvas", "",
-             f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Styles erased in this order: "
-             f"{', '.join(s.split(':')[1] for s in STYLES)}. After step k: UA = mean UA over the k styles erased so far (first: "
-             f"UA of {STYLES[0]}, which shows rebound), IRA on the {10} - k styles left, CRA on objects; evaluation seeds "
-             f"{eval_seeds[0]}-{eval_seeds[-1]}. Weight methods chain (`unlearn --after`); SAeUron merges feature sets. "
-             "Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green).", "",
+             f"Styles erased in this order: {', '.join(s.split(':')[1] for s in STYLES)}. After step k: UA = mean UA over "
+             f"the k styles erased so far (first: UA of {STYLES[0]}, which shows rebound), IRA on the 10 - k styles left, "
+             f"CRA on objects; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]}. Every method at its default setting, seed 0. "
+             "Weight methods chain (`unlearn --after`); SAeUron merges feature sets. SPM and UnGuide are adapters and do not "
+             "chain. Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green); rows: "
+             "`benchmarks/sequential/<method>.json`.", "",
              "| method | " + " | ".join(f"step {k + 1}: UA (first) / IRA / CRA" for k in range(len(STYLES))) + " |",
              "|---|" + "---|" * len(STYLES)]
-    for method, rows in table.items():
-        lines.append(f"| {method} | " + " | ".join(f"{r['UA']:.0f} ({r['UA_first']:.0f}) / {r['IRA']:.0f} / {r['CRA']:.0f}" for r in rows) + " |")
-    args.out.write_text("\n".join(lines) + "\n")
-    print(args.out.read_text())
+    for r in records:
+        lines.append(f"| {r['method']} | " + " | ".join(f"{x['UA']:.0f} ({x['UA_first']:.0f}) / {x['IRA']:.0f} / {x['CRA']:.0f}"
+                                                      for x in r["rows"]) + " |")
+    lines += ["", "Each row's command and machine:", ""]
+    lines += [f"- {r['method']}: `{r['command']}`, {r['machine']} ({r['date']})" for r in records]
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
