@@ -8,8 +8,10 @@ when nothing is changed the output is x exactly. (The public SAeUron code return
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -223,14 +225,33 @@ def plan_for_setting(scores: ConceptScores, target: str, setting: dict, selectio
                          selection=selection, firing=firing, min_dominance=float(s["dominance"]), start=float(s["start"]))
 
 
+@contextlib.contextmanager
+def ablations_applied(pipe, edits: list[tuple[object, str, AblationPlan, str]]) -> Iterator[Callable[[int, int], None]]:
+    """Within the block, each (sae, hookpoint, plan, capture) ablation acts on its hookpoint, both CFG halves; yields
+    the `on_step` callback that `pipelines.sample` must get. Several sites act in one pass (e.g. an object at an 8x8
+    and a 16x16 block)."""
+    from .hooks import intervene
+
+    with contextlib.ExitStack() as stack:
+        hooks = []
+        for sae, hookpoint, plan, capture in edits:
+            plan = plan.to(sae.W_dec.device)
+            fn = lambda acts, step, t, sae=sae, plan=plan: ablate_acts(sae, acts, plan.at(step, t))  # noqa: E731
+            hooks.append(stack.enter_context(intervene(pipe, hookpoint, fn, capture=capture)))
+
+        def on_step(i: int, t: int) -> None:
+            for hook in hooks:
+                hook.on_step(i, t)
+
+        yield on_step
+
+
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
     """Generate with the plan applied to the hookpoint (on the signal the SAE was trained on), both CFG halves."""
-    from .hooks import intervene
     from .pipelines import sample
 
-    plan = plan.to(sae.W_dec.device)
-    with torch.no_grad(), intervene(pipe, hookpoint, lambda acts, step, t: ablate_acts(sae, acts, plan.at(step, t)), capture=capture) as hook:
-        return sample(pipe, prompts, seeds, config, on_step=hook.on_step)
+    with torch.no_grad(), ablations_applied(pipe, [(sae, hookpoint, plan, capture)]) as on_step:
+        return sample(pipe, prompts, seeds, config, on_step=on_step)
 
 
 @dataclass

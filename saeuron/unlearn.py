@@ -184,9 +184,11 @@ def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> Non
 
 
 def unlearn(method_name: str, targets: list[str], out: Path, pipe, model: str, concept_set: ConceptSet, seed: int = 0,
-            settings: list[str] | None = None, sae: str | None = None, log=print, after: Path | None = None) -> dict:
+            settings: list[str] | None = None, sae: str | list[str] | None = None, log=print, after: Path | None = None,
+            site_settings: list[dict] | None = None) -> dict:
     """Fit the method and write the unlearned-model folder (built in a side folder, moved into place when complete);
-    with `after`, fit it on the model that folder describes (sequential unlearning)."""
+    with `after`, fit it on the model that folder describes (sequential unlearning). SAeUron: `sae` is one SAE folder or
+    several, and `site_settings` optionally gives each its {target: setting}."""
     from .methods import FitContext, get_method
     from .methods.base import Stopwatch
     from .pipelines import SamplerConfig
@@ -204,7 +206,7 @@ def unlearn(method_name: str, targets: list[str], out: Path, pipe, model: str, c
     torch.manual_seed(seed)
     watch = Stopwatch(pipe.unet.device)
     with previous.applied(pipe, [], SamplerConfig()) if previous else contextlib.nullcontext():
-        extra = method.fit(FitContext(pipe, targets, concept_set, params, seed, work, sae=sae, log=log))
+        extra = method.fit(FitContext(pipe, targets, concept_set, params, seed, work, sae=sae, site_settings=site_settings, log=log))
     if previous:
         extra["after"] = str(previous.folder.resolve())
     record = {
@@ -285,7 +287,9 @@ def register_cli(sub) -> None:
     p.add_argument("--model", default="minicanvas", help="base model: minicanvas (default), a diffusers folder or a hub id")
     p.add_argument("--prompts", help="labelled prompt file (.csv / .jsonl) the method trains on (default: minicanvas's prompts)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the method's sampling and training (default 0)")
-    p.add_argument("--sae", help="--method saeuron: the SAE folder (with concepts.h5) whose features are ablated")
+    p.add_argument("--sae", help="--method saeuron: the SAE folder (with concepts.h5) whose features are ablated; several, "
+                                 "comma-separated (SAEs of different hookpoints), ablate together, each with its own tuned settings; "
+                                 "DIR@KIND limits a folder to the targets of that kind (e.g. A@style,B@object)")
     p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca, sa); "
                                    "the new folder erases its targets and the chain's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable); --show lists them")

@@ -3,7 +3,8 @@
     python scripts/bench_attacks.py [--run activations/attacks] [--methods uce,esd-x,...] [--targets style:neon]
 
 For each method and target, `saeuron unlearn` (the method's default setting, seed 0; SAeUron as `saeuron-paper`: the
-paper's style setting, 1 feature a step, multiplier -1, on an SAE built as bench_methods builds it) writes a folder, and
+paper's style setting, 1 feature a step, multiplier -1; objects tuned over the paper's grid on seeds 100-101, as
+bench_methods tunes them; SAEs built as bench_methods builds them) writes a folder, and
 `saeuron attack` runs `unlearndiffatk` and `inversion` at their default budgets (300 Adam steps, lr 0.01) with concept
 images from seeds 400-403, judged on evaluation seeds 300-304. Every step resumes where it stopped.
 """
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import attack_cells, parse_methods, saeuron_paper_style  # noqa: E402
+from bench_methods import sae_settings  # noqa: E402
 from saeuron.attack import ATTACKS, AttackConfig, run_attack  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
@@ -46,9 +48,9 @@ def folder_for(pipe, run: Path, method: str, target: str) -> Path:
         return folder
     print(f"[{method}] unlearning {target}", flush=True)
     if method == "saeuron-paper":
-        if Concept.parse(target).kind != "style":
-            raise SystemExit("saeuron-paper runs on style targets here (objects need the bench's tuning: scripts/bench_methods.py)")
-        sae, settings = saeuron_paper_style(pipe, run)
+        sae, settings = saeuron_paper_style(pipe, run)  # builds the run's SAEs (styles and objects)
+        if Concept.parse(target).kind != "style":  # objects: tuned over the paper's grid on seeds 100-101, as bench_methods
+            sae, settings = sae_settings(pipe, run, "saeuron-paper", target, [100, 101], resolve_sampler(pipe, SamplerConfig()))
         unlearn("saeuron", [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None)
     else:
         unlearn(method, [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, [], log=lambda s: None)
@@ -90,7 +92,9 @@ def main():
     pipe = load_pipeline(device=args.device)
     sampler = resolve_sampler(pipe, SamplerConfig())
     table_path = args.run / "table.json"
-    table = json.loads(table_path.read_text()) if table_path.exists() else {}
+    # the run's table, else the committed one: rows from earlier runs stay in ATTACKS.md
+    known = table_path if table_path.exists() else args.out.with_suffix(".json")
+    table = json.loads(known.read_text()) if known.exists() else {}
     for method in methods:
         for target in targets:
             row = table.setdefault(method, {}).setdefault(target, {})

@@ -21,7 +21,7 @@ def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
     step at this SAE's width, multiplier -1."""
     from saeuron.concepts import ConceptScores
 
-    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, hookpoints=(STYLE_HOOKPOINT,))
+    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe)  # both SAEs, as bench_methods
     sae = run / "saes" / STYLE_HOOKPOINT
     width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
     return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]

@@ -36,6 +36,7 @@ from saeuron.ablate import SETTING_DEFAULTS, load_ablation_site  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
+from saeuron.methods.sae_ablation import record_sites  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import attack_cells  # noqa: E402
@@ -116,7 +117,7 @@ def run_job(pipe, run: Path, name: str, target: str, eval_seeds: list[int], tune
     res = run_unlearned_evaluation(folder, eval_seeds, sampler, run / "eval" / name / f"{slug(target)}.json", None, pipe,
                                    base_images=base_images)
     m = res["targets"][target]
-    storage = record["storage_bytes"] if method != "saeuron" else sum(f.stat().st_size for f in Path(record["sae"]).glob("*.safetensors"))
+    storage = record["storage_bytes"] if method != "saeuron" else sum(f.stat().st_size for site in record_sites(record) for f in Path(site["sae"]).glob("*.safetensors"))
     row = {"UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "frechet": m["fidelity"]["frechet_classifier_features"],
            "changed": m["fidelity"]["changed_label_share"], "wall_time_s": record["wall_time_s"], "storage_mb": storage / 1e6,
            "params": record["params"], "machine": machine()}

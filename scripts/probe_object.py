@@ -4,7 +4,9 @@
         --variant demo:percentile=99.5,multiplier=-20 --variant early:percentile=99.5,multiplier=-20,window=0-12
 
 Each variant is `NAME:key=value,...` with the keys percentile, multiplier, dominance, selection, firing and window
-(a step range `lo-hi`, as `plan_ablation`'s step_window) and context (a percentile P > 0: add, for each value of the
+(a step range `lo-hi`, as `plan_ablation`'s step_window), start (the fraction of steps left unablated), also (more SAE
+sites ablating the target in the same pass, `HOOKPOINT/percentile/multiplier/dominance/start` joined by `+`, each the SAE
+folder beside --sae named by its hookpoint) and context (a percentile P > 0: add, for each value of the
 other kind, the features above P of the target's scores on that value's images alone; `ImageStepMeans.context_scores`). The images are every image of the target and `--retain`
 images of each other concept of its kind (`tuning_answer_set`), so UA is on 10 x seeds images and IRA on the rest.
 Prints one row per variant and writes them to `--out` (JSON) if given, with the target images that survive.
@@ -19,20 +21,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saeuron.ablate import load_ablation_site, merge_plans, plan_ablation  # noqa: E402
+import torch  # noqa: E402
+
+from saeuron.ablate import ablations_applied, load_ablation_site, merge_plans, plan_ablation, plan_for_setting  # noqa: E402
 from saeuron.concepts import image_step_means, score_file_config  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
-from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # noqa: E402
+from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
-KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str, "context": float}
+KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str, "context": float,
+        "start": float, "also": str}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """'NAME:key=value,...' -> (NAME, settings)."""
     name, _, body = text.partition(":")
     settings = {"percentile": 99.5, "multiplier": -20.0, "dominance": 0.0, "selection": "saeuron", "firing": "mean", "window": None,
-                "context": 0.0}
+                "context": 0.0, "start": 0.0, "also": ""}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         if key not in KEYS:
@@ -49,7 +54,9 @@ def main():
     p.add_argument("--retain", type=int, default=6, help="images of each other concept of the target's kind")
     p.add_argument("--variant", action="append", required=True)
     p.add_argument("--out", type=Path)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of this process")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline()
     config = resolve_sampler(pipe, SamplerConfig())
     answers = tuning_answer_set(args.target, parse_seeds(args.seeds), args.retain)
@@ -61,7 +68,7 @@ def main():
         site = load_ablation_site(args.sae, pipe, selection=s["selection"], firing=s["firing"])
         window = tuple(int(v) for v in s["window"].split("-")) if s["window"] else None
         plan = plan_ablation(site.scores, [args.target], s["multiplier"], percentile=s["percentile"], step_window=window,
-                             selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
+                             selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"], start=s["start"])
         if s["context"]:
             if contexts is None:
                 cache = score_file_config(args.sae / "concepts.h5")["cache"]
@@ -70,8 +77,17 @@ def main():
             plan = merge_plans(plan, *(plan_ablation(c, [args.target], s["multiplier"], percentile=s["context"], step_window=window,
                                                      selection=s["selection"], firing=s["firing"], min_dominance=s["dominance"])
                                        for c in contexts.values()))
+        edits = [(site.sae, site.hookpoint, plan, site.capture)]
+        for spec in filter(None, s["also"].split("+")):
+            hookpoint, *values = spec.split("/")
+            extra = load_ablation_site(args.sae.parent / hookpoint, pipe, selection=s["selection"], firing=s["firing"])
+            setting = dict(zip(("percentile", "multiplier", "dominance", "start"), map(float, values)))
+            extra_plan = plan_for_setting(extra.scores, args.target, setting, s["selection"], s["firing"])
+            edits.append((extra.sae, extra.hookpoint, extra_plan, extra.capture))
+            plan = merge_plans(plan, extra_plan)  # for the feature count only
         start = time.time()
-        images = site.sample(pipe, plan, answers.prompts(), answers.image_seeds(), config)
+        with torch.no_grad(), ablations_applied(pipe, edits) as on_step:
+            images = sample(pipe, answers.prompts(), answers.image_seeds(), config, on_step=on_step)
         labels = judge.label(images)
         m = unlearning_metrics(args.target, answers, labels)
         survivors = [f"{prompt} @ {seed}" for prompt, seed, truth, lab in zip(answers.prompts(), answers.image_seeds(), answers.truth(), labels)

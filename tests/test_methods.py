@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from saeuron.cli import main
 from saeuron.concept_set import ConceptSet
+from saeuron.errors import UserError
 from saeuron.methods import get_method, methods
 from saeuron.pipelines import SamplerConfig
 from saeuron.unlearn import RECORD_FILE, load_unlearned, unlearn
@@ -118,7 +119,8 @@ def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanva
     sae = tiny_run / "saes" / TINY_HOOKPOINT
     record = unlearn("saeuron", [TARGET], tmp_path / "sae_ul", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
                      ["multiplier=-5", "percentile=99"], sae=str(sae), log=lambda s: None)
-    assert record["settings"][TARGET]["multiplier"] == -5.0 and record["features"] > 0 and record["sae"] == str(sae.resolve())
+    (site_record,) = record["sites"]
+    assert site_record["settings"][TARGET]["multiplier"] == -5.0 and record["features"] > 0 and site_record["sae"] == str(sae.resolve())
     unlearned = load_unlearned(tmp_path / "sae_ul", minicanvas_pipe)
     from saeuron.ablate import load_ablation_site
 
@@ -126,6 +128,48 @@ def test_saeuron_folder_names_its_sae_and_settings(tiny_run, tmp_path, minicanva
     plan = site.plan([TARGET], multiplier=-5.0, percentile=99.0)
     prompts, seeds = ["a star in neon style", "a ring in lava style"], [0, 1]
     torch.testing.assert_close(unlearned.generate(minicanvas_pipe, prompts, seeds, FAST), site.sample(minicanvas_pipe, plan, prompts, seeds, FAST))
+
+
+def test_saeuron_folder_ablates_at_several_sites_in_one_pass(tiny_run, tmp_path, minicanvas_pipe):
+    """`--sae A,B`: each SAE ablates at its own hookpoint with its own settings, in the same sampling pass."""
+    import shutil
+
+    from conftest import TINY_HOOKPOINT
+    from saeuron.ablate import ablations_applied, load_ablation_site
+    from saeuron.pipelines import sample
+
+    first = tiny_run / "saes" / TINY_HOOKPOINT
+    second = tmp_path / "second"  # the same SAE, declared at another 64-wide block: a second site to test the plumbing
+    shutil.copytree(first, second)
+    cfg = json.loads((second / "train_config.json").read_text())
+    (second / "train_config.json").write_text(json.dumps({**cfg, "hookpoint": "up_blocks.1.attentions.1"}))
+    own = [{TARGET: {"percentile": 99.0, "multiplier": -5.0, "dominance": 0.0, "start": 0.0}},
+           {TARGET: {"percentile": 98.0, "multiplier": -2.0, "dominance": 0.0, "start": 0.5}}]
+    record = unlearn("saeuron", [TARGET], tmp_path / "two", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                     sae=[str(first), str(second)], site_settings=own, log=lambda s: None)
+    assert [s["hookpoint"] for s in record["sites"]] == [TINY_HOOKPOINT, "up_blocks.1.attentions.1"]
+    assert [s["settings"] for s in record["sites"]] == own and record["features"] == sum(s["features"] for s in record["sites"])
+    prompts, seeds = ["a star in neon style"], [0]
+    sites = [load_ablation_site(d, minicanvas_pipe) for d in (first, second)]
+    edits = [(site.sae, site.hookpoint, site.plan([TARGET], params=o), site.capture) for site, o in zip(sites, own)]
+    with torch.no_grad(), ablations_applied(minicanvas_pipe, edits) as on_step:
+        expected = sample(minicanvas_pipe, prompts, seeds, FAST, on_step=on_step)
+    both = load_unlearned(tmp_path / "two", minicanvas_pipe).generate(minicanvas_pipe, prompts, seeds, FAST)
+    torch.testing.assert_close(both, expected)
+    assert not torch.equal(both, sites[0].sample(minicanvas_pipe, edits[0][2], prompts, seeds, FAST))  # the second site acts
+    with pytest.raises(UserError, match="two SAEs of"):
+        unlearn("saeuron", [TARGET], tmp_path / "dup", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                sae=[str(first), str(first)], log=lambda s: None)
+    # DIR@KIND: each site ablates the targets of its kind (styles at one block, objects at another, as the paper)
+    record = unlearn("saeuron", [TARGET, "object:star"], tmp_path / "kinds", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(),
+                     0, sae=f"{first}@style,{second}@object", log=lambda s: None)
+    assert [s["targets"] for s in record["sites"]] == [[TARGET], ["object:star"]]
+    assert list(record["sites"][1]["settings"]) == ["object:star"]
+    for bad, match in ((f"{first}@object", "no --sae ablates style:neon"), (f"{first}@", "bad --sae entry"),
+                       (f"{first}@style,{second}@artist", "none of the targets")):
+        with pytest.raises(UserError, match=match):
+            unlearn("saeuron", [TARGET, "object:star"], tmp_path / "bad", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                    sae=bad, log=lambda s: None)
 
 
 @pytest.mark.parametrize("name, settings", [("uce", []), ("esd-x", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2"]),

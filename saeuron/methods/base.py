@@ -40,7 +40,8 @@ class FitContext:
     params: dict
     seed: int
     out: Path
-    sae: str | None = None  # SAeUron: the SAE folder
+    sae: str | list[str] | None = None  # SAeUron: the SAE folder(s)
+    site_settings: list[dict] | None = None  # SAeUron: per SAE folder, {target: setting} overriding given / tuned values
     log: Callable[[str], None] = print
 
 
