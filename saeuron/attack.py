@@ -241,6 +241,7 @@ def run_attack(folder: Path, targets: list[str], eval_seeds: list[int], config: 
     if overlap := sorted(set(eval_seeds) & set(config.image_seeds)):
         raise UserError(f"evaluation seeds {overlap} are also the attack's image seeds; give disjoint --seeds and --image-seeds")
     unlearned = load_unlearned(folder, pipe)
+    unlearned.check_evaluation_seeds(eval_seeds)
     if stray := [t for t in targets if t not in unlearned.targets]:
         raise UserError(f"{str(folder)!r} erases {', '.join(unlearned.targets)}, not {', '.join(map(repr, stray))}; attack what it erased")
     concept_set = concept_set or ConceptSet.minicanvas()

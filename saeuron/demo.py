@@ -6,6 +6,7 @@ skipped when its output already exists, so an interrupted demo resumes where it 
     activations/demo/
       cache.h5                 activations of both hookpoints, every step, conditional branch
       saes/<hookpoint>/        SAE (sae-lens format), train_config.json, metrics.json, concepts.h5
+      unlearned/saeuron-demo/  both targets erased in one unlearned-model folder (`saeuron unlearn`'s format)
       eval/results.json        UA / IRA / CRA of each target
       report/                  report.md, base.png, ablated_*.png
 """
@@ -130,9 +131,26 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device=None, dtype="f
         results["base"] = res["base"]
         results["mean"] = {**results.get("mean", {}), **res["mean"]}
         results["config"] = {**res["config"], "hookpoint": "per target"}
+    unlearned_folder(out, config, pipe)
     (out / "eval" / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report" / "report.md").write_text("# saeuron demo\n\n" + markdown_report(results))
     return results
+
+
+def unlearned_folder(out: Path, config: DemoConfig, pipe) -> Path:
+    """Both targets erased in one unlearned-model folder, `out/unlearned/saeuron-demo/` (the style at the style SAE, the
+    object at the object SAE, each at the demo's setting): the app shows it beside the base model, and `generate` /
+    `evaluate --unlearned` take it. Writing it generates nothing."""
+    from .concept_set import ConceptSet
+    from .unlearn import RECORD_FILE, unlearn
+
+    folder = out / "unlearned" / "saeuron-demo"
+    if not (folder / RECORD_FILE).exists():
+        unlearn("saeuron", [config.style_target, config.object_target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                sae=[f"{out / 'saes' / STYLE_HOOKPOINT}@style", f"{out / 'saes' / OBJECT_HOOKPOINT}@object"],
+                site_settings=[{config.style_target: config.style_setting}, {config.object_target: config.object_setting}],
+                log=lambda s: None)
+    return folder
 
 
 def _cmd_demo(args) -> None:

@@ -517,8 +517,9 @@ def run_unlearned_evaluation(folder: Path, seeds: list[int], config: SamplerConf
     from .unlearn import load_unlearned
 
     unlearned = load_unlearned(folder, pipe)
+    unlearned.check_evaluation_seeds(seeds)
     config = resolve_sampler(pipe, config)
-    params = {t: dict(unlearned.record["params"]) for t in unlearned.targets}
+    params = {t: unlearned.target_params(t) for t in unlearned.targets}
     results = evaluate_unlearning(pipe, unlearned, unlearned.targets, seeds, config, params, together=True, concept_set=concept_set,
                                   judge=judge, report_dir=report_dir, base_images=base_images)
     results["unlearn"] = {k: unlearned.record.get(k) for k in ("wall_time_s", "peak_memory_mb", "storage_bytes", "seed")}

@@ -79,6 +79,16 @@ class Unlearned:
                 hooks = stack.enter_context(u.method.applied(pipe, u.folder, u.record, prompts, config))
             yield hooks
 
+    def target_params(self, target: str) -> dict:
+        """The settings of the chain's folder that erased `target` (SAeUron: the target's own ablation setting)."""
+        u = next(u for u in reversed(self.chain) if target in u.record["targets"])
+        return u.method.target_params(u.record, target)
+
+    def check_evaluation_seeds(self, seeds: list[int]) -> None:
+        """Refuse judging on seeds that a choice stored in the chain's folders looked at (SAeUron: scores, tuning)."""
+        for u in self.chain:
+            u.method.check_evaluation_seeds(u.folder, u.record, seeds)
+
     @property
     def summary(self) -> str:
         return f"{self.record['method']}: {', '.join(self.targets)} ({self.folder.name})"

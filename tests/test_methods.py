@@ -165,11 +165,31 @@ def test_saeuron_folder_ablates_at_several_sites_in_one_pass(tiny_run, tmp_path,
                      0, sae=f"{first}@style,{second}@object", log=lambda s: None)
     assert [s["targets"] for s in record["sites"]] == [[TARGET], ["object:star"]]
     assert list(record["sites"][1]["settings"]) == ["object:star"]
+    shown = load_unlearned(tmp_path / "kinds").target_params("object:star")  # what results.json and the report show
+    assert shown["hookpoint"] == "up_blocks.1.attentions.1" and shown["percentile"] == record["sites"][1]["settings"]["object:star"]["percentile"]
     for bad, match in ((f"{first}@object", "no --sae ablates style:neon"), (f"{first}@", "bad --sae entry"),
                        (f"{first}@style,{second}@artist", "none of the targets")):
         with pytest.raises(UserError, match=match):
             unlearn("saeuron", [TARGET, "object:star"], tmp_path / "bad", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
                     sae=bad, log=lambda s: None)
+
+
+def test_saeuron_folder_refuses_the_seeds_its_choices_looked_at(tiny_run, tmp_path, minicanvas_pipe, capsys):
+    """`evaluate --unlearned` on a SAeUron folder refuses its scores' cache seeds and the seeds its tuned values came from."""
+    import shutil
+
+    from conftest import TINY_HOOKPOINT
+
+    sae = tmp_path / "sae"
+    shutil.copytree(tiny_run / "saes" / TINY_HOOKPOINT, sae)
+    (sae / "tuned.json").write_text(json.dumps({TARGET: {"percentile": 99.0, "multiplier": -5.0, "tune_seeds": [100]}}))
+    record = unlearn("saeuron", [TARGET], tmp_path / "ul", minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+                     sae=str(sae), log=lambda s: None)
+    assert record["sites"][0]["tune_seeds"] == {TARGET: [100]} and record["sites"][0]["settings"][TARGET]["multiplier"] == -5.0
+    for seeds, message in (("1", "used to compute the concept scores"), ("100", "tuned on seeds [100]")):
+        out = tmp_path / f"r{seeds}.json"
+        assert main(["evaluate", "--unlearned", str(tmp_path / "ul"), "--seeds", seeds, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("name, settings", [("uce", []), ("esd-x", ["iterations=3", "bank_seeds=1", "steps=3", "batch_size=2"]),

@@ -71,6 +71,13 @@ class Method:
         raise NotImplementedError
         yield
 
+    def check_evaluation_seeds(self, folder: Path, record: dict, seeds: list[int]) -> None:
+        """Refuse evaluation seeds that a choice stored in the folder looked at (default: none do)."""
+
+    def target_params(self, record: dict, target: str) -> dict:
+        """The settings that erase `target`, as results.json and the report show them (default: the folder's settings)."""
+        return dict(record["params"])
+
 
 # ---------------------------------------------------------------- prompts
 

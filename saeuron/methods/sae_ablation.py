@@ -33,6 +33,8 @@ class SAeUron(Method):
         sites_given = sae_sites(ctx.sae)
         if not sites_given:
             raise UserError("--method saeuron needs --sae DIR[,DIR...] (SAE folders with concepts.h5 from `saeuron score`)")
+        if ctx.site_settings is not None and len(ctx.site_settings) != len(sites_given):
+            raise UserError(f"{len(ctx.site_settings)} per-site settings for {len(sites_given)} SAE folders; give one per folder")
         given = {k: None if ctx.params[k] == "tuned" else float(ctx.params[k]) for k in SETTING_DEFAULTS}
         sites, hookpoints, covered = [], set(), set()
         for i, (sae_dir, kinds) in enumerate(sites_given):
@@ -44,11 +46,14 @@ class SAeUron(Method):
             if not targets:
                 raise UserError(f"--sae {sae_dir}@{','.join(kinds)}: none of the targets {', '.join(ctx.targets)} is of that kind")
             covered.update(targets)
-            own = (ctx.site_settings or [{}] * len(sites_given))[i]  # a caller's per-site settings (the demo's), else given / tuned
+            own = ctx.site_settings[i] if ctx.site_settings else {}  # a caller's per-site settings (the demo's), else given / tuned
             settings = {t: own[t] if t in own else site.params(t, **given) for t in targets}
             plan = site.plan(targets, params=settings)
+            # the seeds a stored (tuned.json) value was chosen on, for the evaluation to refuse
+            tune_seeds = {t: site.tuned[t].get("tune_seeds", []) for t in targets if t not in own and t in site.tuned
+                          and any(given[k] is None and k in site.tuned[t] for k in SETTING_DEFAULTS)}
             sites.append({"sae": str(Path(sae_dir).resolve()), "hookpoint": site.hookpoint, "targets": targets, "settings": settings,
-                          "features": plan.n_features()})
+                          "features": plan.n_features(), "tune_seeds": tune_seeds})
         if missing := [t for t in ctx.targets if t not in covered]:
             raise UserError(f"no --sae ablates {', '.join(missing)}; give an SAE for its kind (DIR@KIND) or one without @")
         return {"sites": sites, "features": sum(s["features"] for s in sites)}
@@ -69,6 +74,29 @@ class SAeUron(Method):
         # through the ablation, as the paper's own UnlearnDiffAtk evaluation does
         with ablations_applied(pipe, edits) as on_step:
             yield SampleHooks(on_step=on_step)
+
+    def target_params(self, record: dict, target: str) -> dict:
+        """The folder's settings with the target's own (percentile, multiplier, ...) from the first site that ablates it,
+        and the hookpoints of every such site."""
+        sites = [e for e in record_sites(record) if target in (e.get("targets") or record["targets"])]
+        return {**record["params"], **(sites[0]["settings"][target] if sites else {}),
+                "hookpoint": ",".join(str(e["hookpoint"]) for e in sites)}
+
+    def check_evaluation_seeds(self, folder: Path, record: dict, seeds: list[int]) -> None:
+        """SAeUron's features were selected on its scores' cache seeds, and tuned values on their tuning seeds: evaluating
+        on either would judge the erasure on the images that chose it."""
+        from ..concepts import ConceptScores
+
+        for entry in record_sites(record):
+            scores = Path(entry["sae"]) / "concepts.h5"
+            cached = ConceptScores.load(scores).seeds if scores.exists() else None
+            if cached is not None and (shared := sorted(set(cached.tolist()) & set(seeds))):
+                raise UserError(f"evaluation seeds {shared} were also used to compute the concept scores of {entry['sae']!r} "
+                                f"(cache seeds {sorted(set(cached.tolist()))}); evaluate on seeds disjoint from them")
+            for target, tuned_on in (entry.get("tune_seeds") or {}).items():
+                if shared := sorted(set(tuned_on) & set(seeds)):
+                    raise UserError(f"{str(folder)!r} uses {target}'s values tuned on seeds {sorted(tuned_on)}, which overlap "
+                                    f"the evaluation seeds {shared}; evaluate on seeds disjoint from them")
 
 
 def sae_sites(sae: str | Path | list | None) -> list[tuple[str, tuple[str, ...] | None]]:
