@@ -44,7 +44,7 @@ class SAeUron(Method):
             hookpoints.add(site.hookpoint)
             targets = [t for t in ctx.targets if kinds is None or Concept.parse(t).kind in kinds]
             if not targets:
-                raise UserError(f"--sae {sae_dir}@{','.join(kinds)}: none of the targets {', '.join(ctx.targets)} is of that kind")
+                raise UserError(f"--sae {sae_dir}@{'+'.join(kinds)}: none of the targets {', '.join(ctx.targets)} is of that kind")
             covered.update(targets)
             own = ctx.site_settings[i] if ctx.site_settings else {}  # a caller's per-site settings (the demo's), else given / tuned
             settings = {t: own[t] if t in own else site.params(t, **given) for t in targets}
