@@ -672,18 +672,18 @@ def unlearned_section(concept_set, prompt, seed, steps, cfg) -> None:
                                           "edited": edited[0], "note": f"unlearned model {Path(choice).name}"}
         except UserError as err:
             st.error(str(err))
-    if c2.button("Its whole grid", key="ul_grid"):
-        st.session_state.ul_grid = None
+    if c2.button("Its whole grid", key="ul_grid_button"):
+        st.session_state.ul_grid_result = None
         try:
             if concept_set is None:
                 raise UserError("the run has no labelled prompts to lay out as a grid (its cache is missing)")
             res = render_grid(grid_spec(concept_set), seed, steps, cfg, lambda p, s: model_obj.generate(pipe, p, s, config),
                               f"unlearned model {Path(choice).name}")
-            st.session_state.ul_grid = res
+            st.session_state.ul_grid_result = res
         except UserError as err:
             st.error(str(err))
     show_result(st.session_state.get("ul_result"), "Unlearned")
-    show_grid(st.session_state.get("ul_grid"), "unlearned model")
+    show_grid(st.session_state.get("ul_grid_result"), "unlearned model")
 
 
 def run_steering(sae, prompt, seed, steps, cfg, feature, value, mode, window) -> dict:

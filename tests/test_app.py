@@ -274,6 +274,10 @@ def test_ablate_page_unlearned_models(app_run, tmp_path, monkeypatch):
     text = _texts(at)
     assert "fake method: object:star (uce-neon)" in text
     assert "Unlearned: a circle in sunset style · seed 0" in text and "Original: a circle in sunset style · seed 0" in text
+    at.number_input(key="ab_steps").set_value(1)
+    at.button(key="ul_grid_button").click().run()  # the world's whole grid with the unlearned model
+    _clean(at)
+    assert "**Everywhere** ·" in _texts(at) and "unlearned model uce-neon" in _texts(at)
 
 
 def test_cli_parser():
