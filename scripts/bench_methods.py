@@ -234,7 +234,9 @@ def attack_section(path: Path, eval_seeds: list[int]) -> list[str]:
     lines = ["", "## Under attack", "",
              f"UA (%) on evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} without an attack and after each white-box attack "
              f"(300 Adam steps, lr 0.01), each method at its default setting. From `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`, "
-             "written by `scripts/bench_attacks.py`; the threat model, the command and the machine: `benchmarks/ATTACKS.md`.", "",
+             "written by `scripts/bench_attacks.py`; the threat model, the command and the machine: `benchmarks/ATTACKS.md`. "
+             "The attack run builds its own SAEs (as this bench does, on the CPU) and tunes SAeUron's objects on them (seeds "
+             "100-101), so SAeUron's UA without attack can differ from the table above.", "",
              "| method | target | UA, no attack | " + " | ".join(f"UA after {a}" for a in ATTACKS) + " |", "|---|---|---|" + "---|" * len(ATTACKS)]
     for method, rows in json.loads(path.read_text()).items():
         for target, row in rows.items():
@@ -292,6 +294,8 @@ def main():
                         "beside this run's, each row marked by its machine (a variant this run measured shows this run's row)")
     p.add_argument("--attacks", type=Path, default=ROOT / "benchmarks" / "ATTACKS.json",
                    help="the attack bench's table (scripts/bench_attacks.py), shown under the methods' table when present")
+    p.add_argument("--table-only", action="store_true",
+                   help="only rewrite the table from the --with-results folders and --attacks (no model is loaded, nothing runs)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: VARIANT@TARGET
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -304,17 +308,20 @@ def main():
     tune_all = set(tune_seeds).union(*(parse_seeds(TUNE_SEEDS[n]) for n in names if n in TUNE_SEEDS))
     if set(eval_seeds) & (tune_all | set(cache_seeds)):
         raise SystemExit("evaluation seeds must be disjoint from cache and tuning seeds")
-    pipe = load_pipeline(device=args.device)
-    sampler = resolve_sampler(pipe, SamplerConfig())
     run = args.run
-    base_path = run / "base_images.pt"
-    if base_path.exists():
-        base_images = torch.load(base_path)
+    if args.table_only:  # every row from --with-results and --attacks: no model is loaded, nothing runs
+        names, pipe, sampler, base_images = [], None, None, None
     else:
-        run.mkdir(parents=True, exist_ok=True)
-        base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)
-        torch.save(base_images, base_path.with_suffix(".partial"))
-        base_path.with_suffix(".partial").rename(base_path)
+        pipe = load_pipeline(device=args.device)
+        sampler = resolve_sampler(pipe, SamplerConfig())
+        base_path = run / "base_images.pt"
+        if base_path.exists():
+            base_images = torch.load(base_path)
+        else:
+            run.mkdir(parents=True, exist_ok=True)
+            base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)
+            torch.save(base_images, base_path.with_suffix(".partial"))
+            base_path.with_suffix(".partial").rename(base_path)
     if args.job:
         name, target = args.job.split("@")
         run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
