@@ -99,7 +99,7 @@ def main():
         base_path.with_suffix(".partial").rename(base_path)  # an interrupted run leaves no half-written file behind
     base_images = torch.load(base_path)
     cmd = ("python scripts/bench_sequential.py " + " ".join(sys.argv[1:])).strip()
-    machine = f"{pipe.device.type}, {args.threads} threads, torch {torch.__version__}"
+    machine = f"{pipe.device.type}, {args.threads} thread{'s' if args.threads > 1 else ''}, torch {torch.__version__}"
     for method in methods:
         rows = []
         for k in range(len(STYLES)):
