@@ -228,8 +228,8 @@ def plan_for_setting(scores: ConceptScores, target: str, setting: dict, selectio
 @contextlib.contextmanager
 def ablations_applied(pipe, edits: list[tuple[object, str, AblationPlan, str]]) -> Iterator[Callable[[int, int], None]]:
     """Within the block, each (sae, hookpoint, plan, capture) ablation acts on its hookpoint, both CFG halves; yields
-    the `on_step` callback that `pipelines.sample` must get. Several sites act in one pass (e.g. an object at an 8x8
-    and a 16x16 block)."""
+    the `on_step` callback that `pipelines.sample` must get. Several sites act in one pass (e.g. styles at one block and
+    objects at another)."""
     from .hooks import intervene
 
     with contextlib.ExitStack() as stack:

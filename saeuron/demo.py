@@ -14,6 +14,7 @@ skipped when its output already exists, so an interrupted demo resumes where it 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,8 +146,11 @@ def unlearned_folder(out: Path, config: DemoConfig, pipe) -> Path:
     from .unlearn import RECORD_FILE, unlearn
 
     folder = out / "unlearned" / "saeuron-demo"
+    targets = [config.style_target, config.object_target]
+    if (folder / RECORD_FILE).exists() and json.loads((folder / RECORD_FILE).read_text()).get("targets") != targets:
+        shutil.rmtree(folder)  # written for other --style / --object: derived from the SAEs, so rewritten
     if not (folder / RECORD_FILE).exists():
-        unlearn("saeuron", [config.style_target, config.object_target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0,
+        unlearn("saeuron", targets, folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0,
                 sae=[f"{out / 'saes' / STYLE_HOOKPOINT}@style", f"{out / 'saes' / OBJECT_HOOKPOINT}@object"],
                 site_settings=[{config.style_target: config.style_setting}, {config.object_target: config.object_setting}],
                 log=lambda s: None)
