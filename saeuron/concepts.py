@@ -85,6 +85,13 @@ class ConceptScores:
         own = self.mean_acts[row]
         return np.divide(own, others, out=np.full_like(own, np.inf), where=others > 0)
 
+    def check_unseen(self, seeds, where: str = "") -> None:
+        """Refuse evaluation seeds whose cached images these scores came from: the features would be selected on the very
+        images they are judged on (`where`: which SAE, for the message)."""
+        if self.seeds is not None and (shared := sorted(set(self.seeds.tolist()) & set(seeds))):
+            raise UserError(f"evaluation seeds {shared} were also used to compute the concept scores{where} (cache seeds "
+                            f"{sorted(set(self.seeds.tolist()))}); evaluate on seeds disjoint from them")
+
     def save(self, path: Path, config: dict | None = None) -> None:
         """Write to HDF5 (replacing the file atomically)."""
         tmp = Path(str(path) + ".tmp")

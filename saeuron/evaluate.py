@@ -456,11 +456,7 @@ def run_evaluation(sae_dir: Path, targets: list[str], seeds: list[int], tune_see
     site = load_ablation_site(sae_dir, pipe, selection, firing)
     for t in targets:
         site.scores.index(t)  # unknown concept: a clear error before any generation
-    if site.scores.seeds is not None and set(site.scores.seeds.tolist()) & set(seeds):
-        # the features would be selected on the very images they are judged on: refuse, as for tuning seeds
-        shared = sorted(set(site.scores.seeds.tolist()) & set(seeds))
-        raise UserError(f"evaluation seeds {shared} were also used to compute the concept scores (cache seeds "
-                        f"{sorted(set(site.scores.seeds.tolist()))}); evaluate on seeds disjoint from them")
+    site.scores.check_unseen(seeds)
     tuned, current = site.tuned, _tuning_record(site, tune_seeds or [], config, grid, judge, concept_set)
     def recorded(stored: dict) -> dict:  # what a stored record was tuned with, written in today's format
         record = {k: stored.get(k, _RECORD_DEFAULTS.get(k)) for k in current}

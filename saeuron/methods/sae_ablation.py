@@ -68,7 +68,7 @@ class SAeUron(Method):
                 raise UserError(f"the SAE folder {entry['sae']!r} that {str(folder)!r} names is not here")
             site = load_ablation_site(entry["sae"], pipe, record["params"]["selection"], record["params"]["firing"])
             site.sae.requires_grad_(False)
-            plan = site.plan(entry.get("targets") or record["targets"], params=entry["settings"])
+            plan = site.plan(entry["targets"], params=entry["settings"])
             edits.append((site.sae, site.hookpoint, plan, site.capture))
         # no torch.no_grad() here: sampling runs without gradients anyway, and attacks (saeuron/attack.py) differentiate
         # through the ablation, as the paper's own UnlearnDiffAtk evaluation does
@@ -78,7 +78,7 @@ class SAeUron(Method):
     def target_params(self, record: dict, target: str) -> dict:
         """The folder's settings with the target's own (percentile, multiplier, ...) from the first site that ablates it,
         and the hookpoints of every such site."""
-        sites = [e for e in record_sites(record) if target in (e.get("targets") or record["targets"])]
+        sites = [e for e in record_sites(record) if target in e["targets"]]
         return {**record["params"], **(sites[0]["settings"][target] if sites else {}),
                 "hookpoint": ",".join(str(e["hookpoint"]) for e in sites)}
 
@@ -89,10 +89,8 @@ class SAeUron(Method):
 
         for entry in record_sites(record):
             scores = Path(entry["sae"]) / "concepts.h5"
-            cached = ConceptScores.load(scores).seeds if scores.exists() else None
-            if cached is not None and (shared := sorted(set(cached.tolist()) & set(seeds))):
-                raise UserError(f"evaluation seeds {shared} were also used to compute the concept scores of {entry['sae']!r} "
-                                f"(cache seeds {sorted(set(cached.tolist()))}); evaluate on seeds disjoint from them")
+            if scores.exists():
+                ConceptScores.load(scores).check_unseen(seeds, f" of {entry['sae']!r}")
             for target, tuned_on in (entry.get("tune_seeds") or {}).items():
                 if shared := sorted(set(tuned_on) & set(seeds)):
                     raise UserError(f"{str(folder)!r} uses {target}'s values tuned on seeds {sorted(tuned_on)}, which overlap "
