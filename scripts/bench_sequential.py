@@ -86,6 +86,9 @@ def main():
     p.add_argument("--png-dir", type=Path, default=ROOT / "benchmarks" / "sequential")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2, help="torch threads of this process")
+    p.add_argument("--table-only", action="store_true",
+                   help="erase and judge nothing: record each method's steps already judged in --run, up to its first missing step "
+                        "(after a run was stopped), as by the command without this flag")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods, METHODS)
@@ -93,18 +96,20 @@ def main():
     pipe = load_pipeline(device=args.device)
     sampler = resolve_sampler(pipe, SamplerConfig())
     base_path = args.run / "base_images.pt"
-    if not base_path.exists():
+    if not base_path.exists() and not args.table_only:
         args.run.mkdir(parents=True, exist_ok=True)
         torch.save(generate_answer_set(pipe, full_answer_set(eval_seeds), sampler), base_path.with_suffix(".partial"))
         base_path.with_suffix(".partial").rename(base_path)  # an interrupted run leaves no half-written file behind
-    base_images = torch.load(base_path)
-    cmd = ("python scripts/bench_sequential.py " + " ".join(sys.argv[1:])).strip()
+    base_images = None if args.table_only else torch.load(base_path)
+    cmd = ("python scripts/bench_sequential.py " + " ".join(a for a in sys.argv[1:] if a != "--table-only")).strip()
     machine = f"{pipe.device.type}, {args.threads} thread{'s' if args.threads > 1 else ''}, torch {torch.__version__}"
     for method in methods:
         rows = []
         for k in range(len(STYLES)):
             out = args.run / method / f"step{k + 1}.json"
             if not out.exists():
+                if args.table_only:
+                    break
                 run_unlearned_evaluation(step_folder(pipe, args.run, method, k), eval_seeds, sampler, out, None, pipe, base_images=base_images)
             res = json.loads(out.read_text())["targets"]
             erased = STYLES[: k + 1]
@@ -112,11 +117,12 @@ def main():
                          "IRA": res[STYLES[k]]["IRA"], "CRA": res[STYLES[k]]["CRA"]})
             print(f"[{method}] step {k + 1}: UA {rows[-1]['UA']:.1f} (first {rows[-1]['UA_first']:.0f}) IRA {rows[-1]['IRA']:.1f} "
                   f"CRA {rows[-1]['CRA']:.1f}", flush=True)
-        plot_png(rows, method, args.png_dir / f"{method}.png")
-        record = {"method": method, "rows": rows, "command": cmd, "machine": machine, "date": time.strftime("%Y-%m-%d"),
-                  "eval_seeds": f"{eval_seeds[0]}-{eval_seeds[-1]}"}
-        (args.png_dir / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
-    write_table(args.png_dir, args.out, eval_seeds)
+            # the row so far lands after every step, so a run stopped midway still leaves its measured steps in the table
+            plot_png(rows, method, args.png_dir / f"{method}.png")
+            record = {"method": method, "rows": rows, "command": cmd, "machine": machine, "date": time.strftime("%Y-%m-%d"),
+                      "eval_seeds": f"{eval_seeds[0]}-{eval_seeds[-1]}"}
+            (args.png_dir / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
+            write_table(args.png_dir, args.out, eval_seeds)
     print(args.out.read_text())
 
 
@@ -133,8 +139,8 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
              "| method | " + " | ".join(f"step {k + 1}: UA (first) / IRA / CRA" for k in range(len(STYLES))) + " |",
              "|---|" + "---|" * len(STYLES)]
     for r in records:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{x['UA']:.0f} ({x['UA_first']:.0f}) / {x['IRA']:.0f} / {x['CRA']:.0f}"
-                                                      for x in r["rows"]) + " |")
+        cells = [f"{x['UA']:.0f} ({x['UA_first']:.0f}) / {x['IRA']:.0f} / {x['CRA']:.0f}" for x in r["rows"]]
+        lines.append(f"| {r['method']} | " + " | ".join(cells + ["not run"] * (len(STYLES) - len(cells))) + " |")
     lines += ["", "Each row's command and machine:", ""]
     lines += [f"- {r['method']}: `{r['command']}`, {r['machine']} ({r['date']})" for r in records]
     out.write_text("\n".join(lines) + "\n")
