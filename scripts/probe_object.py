@@ -6,7 +6,9 @@
 Each variant is `NAME:key=value,...` with the keys percentile, multiplier, dominance, selection, firing and window
 (a step range `lo-hi`, as `plan_ablation`'s step_window), start (the fraction of steps left unablated), also (more SAE
 sites ablating the target in the same pass, `HOOKPOINT/percentile/multiplier/dominance/start` joined by `+`, each the SAE
-folder beside --sae named by its hookpoint) and context (a percentile P > 0: add, for each value of the
+folder beside --sae named by its hookpoint), direction (a supervised control without an SAE: `HOOKPOINT/gamma` joined by `+`;
+at each hookpoint, from the same start, the component of every token along the target's mean-difference direction of that
+step in the scores' cache is pulled back towards the other images' mean, gamma times the excess) and context (a percentile P > 0: add, for each value of the
 other kind, the features above P of the target's scores on that value's images alone; `ImageStepMeans.context_scores`). The images are every image of the target and `--retain`
 images of each other concept of its kind (`tuning_answer_set`), so UA is on 10 x seeds images and IRA on the rest.
 Prints one row per variant and writes them to `--out` (JSON) if given, with the target images that survive.
@@ -15,6 +17,7 @@ Prints one row per variant and writes them to `--out` (JSON) if given, with the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -23,27 +26,65 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from saeuron.ablate import ablations_applied, load_ablation_site, merge_plans, plan_ablation, plan_for_setting  # noqa: E402
+from saeuron.ablate import ablations_applied, load_ablation_site, merge_plans, plan_ablation, plan_for_setting, start_step  # noqa: E402
 from saeuron.concepts import image_step_means, score_file_config  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
+from saeuron.hooks import intervene  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
 KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str, "context": float,
-        "start": float, "also": str}
+        "start": float, "also": str, "direction": str}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """'NAME:key=value,...' -> (NAME, settings)."""
     name, _, body = text.partition(":")
     settings = {"percentile": 99.5, "multiplier": -20.0, "dominance": 0.0, "selection": "saeuron", "firing": "mean", "window": None,
-                "context": 0.0, "start": 0.0, "also": ""}
+                "context": 0.0, "start": 0.0, "also": "", "direction": ""}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         if key not in KEYS:
             raise SystemExit(f"unknown variant key {key!r}; valid: {', '.join(KEYS)}")
         settings[key] = KEYS[key](value)
     return name, settings
+
+
+def direction_pull(cache: Path, hookpoint: str, target: str, gamma: float, first_step: int):
+    """An intervention that pulls each token's component along the target's per-step mean-difference direction (target
+    images minus the rest, conditional branch of the cache) back towards the rest's mean, gamma times the excess."""
+    import h5py
+    import numpy as np
+
+    kind, value = target.split(":", 1)
+    with h5py.File(cache, "r") as f:
+        acts = f["acts"][hookpoint][:].astype(np.float32)
+        prompt, step = f["rows"][hookpoint]["prompt"][:], f["rows"][hookpoint]["step"][:]
+        is_target = np.array([v.decode() if isinstance(v, bytes) else v for v in f["prompts"][kind][:]]) == value
+    on = is_target[prompt]
+    dirs, means = {}, {}
+    for st in np.unique(step):
+        at = step == st
+        d = acts[at & on].mean(0) - acts[at & ~on].mean(0)
+        d /= np.linalg.norm(d)
+        dirs[int(st)], means[int(st)] = torch.from_numpy(d), float(acts[at & ~on].mean(0) @ d)
+
+    def fn(x, step_index, _t):
+        if step_index is None or step_index < first_step or step_index not in dirs:
+            return x
+        d = dirs[step_index].to(x)
+        excess = ((x @ d) - means[step_index]).clamp(min=0)
+        return x - gamma * excess[..., None] * d
+
+    return fn
+
+
+def chain_steps(on_step, hook):
+    """One on_step callback that also advances `hook`."""
+    def both(i, t):
+        on_step(i, t)
+        hook.on_step(i, t)
+    return both
 
 
 def main():
@@ -86,7 +127,12 @@ def main():
             edits.append((extra.sae, extra.hookpoint, extra_plan, extra.capture))
             plan = merge_plans(plan, extra_plan)  # for the feature count only
         start = time.time()
-        with torch.no_grad(), ablations_applied(pipe, edits) as on_step:
+        with torch.no_grad(), ablations_applied(pipe, edits) as on_step, contextlib.ExitStack() as stack:
+            for spec in filter(None, s["direction"].split("+")):
+                hookpoint, gamma = spec.split("/")
+                cache = Path(score_file_config(args.sae / "concepts.h5")["cache"])
+                fn = direction_pull(cache, hookpoint, args.target, float(gamma), start_step(s["start"], config.steps))
+                on_step = chain_steps(on_step, stack.enter_context(intervene(pipe, hookpoint, fn)))
             images = sample(pipe, answers.prompts(), answers.image_seeds(), config, on_step=on_step)
         labels = judge.label(images)
         m = unlearning_metrics(args.target, answers, labels)
