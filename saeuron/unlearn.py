@@ -73,11 +73,12 @@ class Unlearned:
     @contextlib.contextmanager
     def applied(self, pipe, prompts: list[str], config) -> Iterator:
         """Within the block, `pipelines.sample` with the yielded hooks generates as the unlearned model (each folder of
-        the chain applied in order; only edited-weights methods chain, so the last folder's hooks are the hooks)."""
+        the chain applied in order, the hooks of all of them called)."""
+        from .methods.base import SampleHooks
+
         with contextlib.ExitStack() as stack:
-            for u in self.chain:
-                hooks = stack.enter_context(u.method.applied(pipe, u.folder, u.record, prompts, config))
-            yield hooks
+            yield SampleHooks.together([stack.enter_context(u.method.applied(pipe, u.folder, u.record, prompts, config))
+                                        for u in self.chain])
 
     def target_params(self, target: str) -> dict:
         """The settings of the chain's folder that erased `target` (SAeUron: the target's own ablation setting)."""
@@ -176,19 +177,23 @@ def parse_settings(method, pairs: list[str]) -> dict:
 
 
 def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> None:
-    """Sequential unlearning (`--after`) chains methods that edit weights; SAeUron erases several concepts at once."""
+    """Sequential unlearning (`--after`): methods that edit weights chain (any of them after any other); SPM composes its
+    adapters (SPM after SPM only); SAeUron erases several concepts at once; UnGuide does not take --after."""
     from .methods import methods
-    from .methods.base import EditedWeightsMethod
 
     if previous is None:
         return
-    chaining = ", ".join(n for n, m in methods().items() if isinstance(m, EditedWeightsMethod))
-    if not isinstance(method, EditedWeightsMethod):
-        raise UserError(f"--after chains weight edits ({chaining}), not {method.name}"
+    chaining = ", ".join(n for n, m in methods().items() if m.sequential == "chain")
+    composing = ", ".join(n for n, m in methods().items() if m.sequential == "compose")
+    if method.sequential is None:
+        raise UserError(f"--after chains weight edits ({chaining}) or composes adapters of one method ({composing}), not {method.name}"
                         + ("; SAeUron merges feature sets: give every concept to --targets" if method.name == "saeuron" else ""))
-    if bad := [u.record["method"] for u in previous.chain if not isinstance(u.method, EditedWeightsMethod)]:
+    if method.sequential == "chain" and (bad := [u.record["method"] for u in previous.chain if u.method.sequential != "chain"]):
         raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}, which edits no weights; "
                         f"only {chaining} chain")
+    if method.sequential == "compose" and (bad := [u.record["method"] for u in previous.chain if u.method.name != method.name]):
+        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}; {method.name} composes only with "
+                        f"{method.name} folders")
     if again := [t for t in targets if t in previous.targets]:
         raise UserError(f"--after {str(previous.folder)!r} already erases {', '.join(again)}")
 
@@ -215,7 +220,8 @@ def unlearn(method_name: str, targets: list[str], out: Path, pipe, model: str, c
     work.mkdir(parents=True)
     torch.manual_seed(seed)
     watch = Stopwatch(pipe.unet.device)
-    with previous.applied(pipe, [], SamplerConfig()) if previous else contextlib.nullcontext():
+    # a chaining method fits on the previous model; a composing one on the base model, to be applied beside it
+    with previous.applied(pipe, [], SamplerConfig()) if previous and method.sequential == "chain" else contextlib.nullcontext():
         extra = method.fit(FitContext(pipe, targets, concept_set, params, seed, work, sae=sae, site_settings=site_settings, log=log))
     if previous:
         extra["after"] = str(previous.folder.resolve())
@@ -300,7 +306,8 @@ def register_cli(sub) -> None:
     p.add_argument("--sae", help="--method saeuron: the SAE folder (with concepts.h5) whose features are ablated; several, "
                                  "comma-separated (SAEs of different hookpoints), ablate together, each with its own tuned settings; "
                                  "DIR@KIND limits a folder to the targets of that kind (e.g. A@style,B@object)")
-    p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca, sa); "
+    p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca, sa), "
+                                   "or, for spm, fit on the base model and apply beside that folder's adapters (spm folders only); "
                                    "the new folder erases its targets and the chain's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable); --show lists them")
     p.add_argument("--show", action="store_true", help="print the method's settings, the paper's values and why they differ, and exit")

@@ -300,7 +300,9 @@ def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_
     assert _style_share(edited, minicanvas_pipe, TARGET) <= 0.5 and _style_share(edited, minicanvas_pipe, "style:ocean") <= 0.5
     assert _style_share(edited, minicanvas_pipe, KEPT) >= 0.8
     for argv, message in (
-        (["--method", "spm", "--targets", "style:ocean", "--after", str(neon)], "chains weight edits (esd-x, esd-u, uce, ca, sa), not spm"),
+        (["--method", "unguide", "--targets", "style:ocean", "--after", str(neon)],
+         "chains weight edits (esd-x, esd-u, uce, ca, sa) or composes adapters of one method (spm), not unguide"),
+        (["--method", "spm", "--targets", "style:ocean", "--after", str(neon)], "spm composes only with spm folders"),
         (["--method", "uce", "--targets", TARGET, "--after", str(neon)], "already erases style:neon"),
         (["--method", "uce", "--targets", "style:lava", "--after", str(tmp_path / "nowhere")], "not found"),
     ):
@@ -314,3 +316,24 @@ def test_sequential_unlearning_chains_weight_edits(fitted, tmp_path, minicanvas_
     (moved / RECORD_FILE).write_text(json.dumps(rec))
     with pytest.raises(Exception, match="not found"):
         load_unlearned(moved, minicanvas_pipe).targets
+
+
+def test_spm_composes_its_adapters_in_sequence(fitted, tmp_path, minicanvas_pipe, capsys):
+    """`--after` for SPM: an ocean adapter, fitted on the base model, acts beside neon's (each with its own transport):
+    both styles go, sunset stays, the UNet is plain afterwards; weight methods do not chain after SPM."""
+    neon, _ = fitted["spm"]
+    both = tmp_path / "both"
+    record = unlearn("spm", ["style:ocean"], both, minicanvas_pipe, "minicanvas", ConceptSet.minicanvas(), 0, QUICK["spm"],
+                     log=lambda s: None, after=neon)
+    assert record["after"] == str(neon.resolve())
+    composed = load_unlearned(both, minicanvas_pipe)
+    assert composed.targets == [TARGET, "style:ocean"]
+    with composed.applied(minicanvas_pipe, ["a star in ocean style"], FAST):
+        assert set(minicanvas_pipe.unet.active_adapters()) == {"spm", "spm_2"}
+    assert not getattr(minicanvas_pipe.unet, "peft_config", None)
+    edited = lambda ps, ss: composed.generate(minicanvas_pipe, ps, ss, FAST)  # noqa: E731
+    assert _style_share(edited, minicanvas_pipe, TARGET) <= 0.5 and _style_share(edited, minicanvas_pipe, "style:ocean") <= 0.5
+    assert _style_share(edited, minicanvas_pipe, KEPT) >= 0.8
+    out = tmp_path / "refused"
+    assert main(["unlearn", "--method", "uce", "--targets", "style:lava", "--after", str(both), "--out", str(out)]) == 2
+    assert "which edits no weights" in capsys.readouterr().err and not out.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,6 +53,19 @@ class SampleHooks:
     on_step: Callable[[int, int], None] | None = None
     on_batch: Callable[[int], None] | None = None
 
+    @staticmethod
+    def together(hooks: list["SampleHooks"]) -> "SampleHooks":
+        """One set of callbacks calling those of every one of `hooks`, in order (a chain of folders applied at once)."""
+        def joined(name: str):
+            calls = [f for h in hooks if (f := getattr(h, name)) is not None]
+
+            def call_all(*args) -> None:
+                for f in calls:
+                    f(*args)
+            return call_all if calls else None
+
+        return hooks[0] if len(hooks) == 1 else SampleHooks(on_step=joined("on_step"), on_batch=joined("on_batch"))
+
 
 class Method:
     """The interface: subclasses set `name`, `summary`, `defaults` and implement `fit` and `applied`."""
@@ -59,6 +73,9 @@ class Method:
     name: str = ""
     summary: str = ""
     defaults: dict[str, Hyper] = {}
+    # sequential unlearning (`unlearn --after`): "chain" fits on the previous folder's model (edited weights),
+    # "compose" fits on the base model and is applied beside the previous folders (SPM's combined adapters), None refuses
+    sequential: str | None = None
 
     def fit(self, ctx: FitContext) -> dict:
         """Unlearn `ctx.targets` and write the method's files into `ctx.out`; return what unlearn.json should add."""
@@ -304,6 +321,8 @@ def swapped_parameters(unet, tensors: dict[str, torch.Tensor]) -> Iterator[None]
 class EditedWeightsMethod(Method):
     """A method whose result is a set of edited UNet tensors (ESD, UCE, CA): applying it swaps them in."""
 
+    sequential = "chain"
+
     @contextlib.contextmanager
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
         from safetensors.torch import load_file
@@ -368,15 +387,26 @@ def save_adapter(unet, config, name: str, out: Path) -> dict:
 
 
 @contextlib.contextmanager
-def loaded_adapter(unet, folder: Path, record: dict, name: str) -> Iterator[None]:
-    """Within the block the UNet carries the folder's adapter; after it, the plain layers."""
+def loaded_adapter(unet, folder: Path, record: dict, name: str) -> Iterator[str]:
+    """Within the block the UNet carries the folder's adapter, active beside any adapter already loaded (each under its
+    own name: `name`, else `name_2`, ...; the name is yielded); after it, the adapters it found, or the plain layers."""
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    unet.add_adapter(LoraConfig.from_pretrained(str(folder)), adapter_name=name)
+    loaded = list(getattr(unet, "peft_config", {}) or {})
+    name = next(n for n in (name, *(f"{name}_{i}" for i in range(2, len(loaded) + 3))) if n not in loaded)
+    with warnings.catch_warnings():  # peft warns that the model will carry several adapters: here, that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        unet.add_adapter(LoraConfig.from_pretrained(str(folder)), adapter_name=name)
     try:
         set_peft_model_state_dict(unet, load_file(str(folder / record["weights"])), adapter_name=name)
-        yield
+        if loaded:
+            unet.set_adapter(loaded + [name])
+        yield name
     finally:
-        unet.unload_lora()
+        if loaded:
+            unet.delete_adapters(name)
+            unet.set_adapter(loaded)
+        else:
+            unet.unload_lora()

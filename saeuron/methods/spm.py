@@ -50,6 +50,7 @@ def _anchors(concept: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tenso
 class SPM(Method):
     name = "spm"
     summary = "SPM (rank-1 adapters on the transformer blocks, latent anchoring, facilitated transport)"
+    sequential = "compose"  # the paper's multi-concept use: one adapter per concept, each with its own transport
     defaults = {
         "iterations": Hyper(400, 3000, "batch 4 instead of 1 and an x_t bank: 1,600 samples, minutes on a CPU"),
         "batch_size": Hyper(4, 1, "4 x_t a step instead of 1: fewer, better-averaged steps on a CPU"),
@@ -114,8 +115,8 @@ class SPM(Method):
             batch = multipliers[start : start + config.batch_size]
             strength = torch.cat([batch, batch])  # the adapter of a prompt acts on both halves of its CFG pair
 
-        with loaded_adapter(unet, folder, record, ADAPTER):
-            handles = [m.lora_B[ADAPTER].register_forward_hook(scale) for m in unet.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
+        with loaded_adapter(unet, folder, record, ADAPTER) as name:
+            handles = [m.lora_B[name].register_forward_hook(scale) for m in unet.modules() if hasattr(m, "lora_B") and name in m.lora_B]
             try:
                 yield SampleHooks(on_batch=on_batch)
             finally:
