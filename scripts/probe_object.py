@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -27,10 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from saeuron.ablate import ablations_applied, load_ablation_site, merge_plans, plan_ablation, plan_for_setting, start_step  # noqa: E402
+from saeuron.cache.reader import read_rows, row_provenance  # noqa: E402
+from saeuron.cache.store import open_store  # noqa: E402
 from saeuron.concepts import image_step_means, score_file_config  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.evaluate import default_judge, tuning_answer_set, unlearning_metrics  # noqa: E402
 from saeuron.hooks import intervene  # noqa: E402
+from saeuron.methods.base import SampleHooks  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
 KEYS = {"percentile": float, "multiplier": float, "dominance": float, "selection": str, "firing": str, "window": str, "context": float,
@@ -50,41 +54,35 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, settings
 
 
-def direction_pull(cache: Path, hookpoint: str, target: str, gamma: float, first_step: int):
-    """An intervention that pulls each token's component along the target's per-step mean-difference direction (target
-    images minus the rest, conditional branch of the cache) back towards the rest's mean, gamma times the excess."""
-    import h5py
-    import numpy as np
-
+@functools.lru_cache(maxsize=None)
+def target_directions(cache: Path, hookpoint: str, target: str) -> dict[int, tuple[torch.Tensor, float]]:
+    """Per cached step, the target's mean-difference direction (its images minus the rest, unit norm) and the rest's
+    mean along it, from the store's committed rows (computed once per hookpoint)."""
     kind, value = target.split(":", 1)
-    with h5py.File(cache, "r") as f:
-        acts = f["acts"][hookpoint][:].astype(np.float32)
-        prompt, step = f["rows"][hookpoint]["prompt"][:], f["rows"][hookpoint]["step"][:]
-        is_target = np.array([v.decode() if isinstance(v, bytes) else v for v in f["prompts"][kind][:]]) == value
-    on = is_target[prompt]
-    dirs, means = {}, {}
-    for st in np.unique(step):
-        at = step == st
-        d = acts[at & on].mean(0) - acts[at & ~on].mean(0)
-        d /= np.linalg.norm(d)
-        dirs[int(st)], means[int(st)] = torch.from_numpy(d), float(acts[at & ~on].mean(0) @ d)
+    acts, rows = read_rows(cache, hookpoint), row_provenance(cache, hookpoint)
+    is_target = torch.tensor([row.get(kind) == value for row in open_store(cache).prompts])[torch.from_numpy(rows["prompt"]).long()]
+    step = torch.from_numpy(rows["step"].astype("int64"))
+    out = {}
+    for st in step.unique().tolist():
+        on, rest = acts[(step == st) & is_target].mean(0), acts[(step == st) & ~is_target].mean(0)
+        d = (on - rest) / (on - rest).norm()
+        out[st] = (d, float(rest @ d))
+    return out
+
+
+def direction_pull(cache: Path, hookpoint: str, target: str, gamma: float, first_step: int):
+    """An intervention pulling each token's component along the target's direction of the step back towards the rest's
+    mean, gamma times the excess, from step `first_step` on."""
+    directions = target_directions(cache, hookpoint, target)
 
     def fn(x, step_index, _t):
-        if step_index is None or step_index < first_step or step_index not in dirs:
+        if step_index is None or step_index < first_step or step_index not in directions:
             return x
-        d = dirs[step_index].to(x)
-        excess = ((x @ d) - means[step_index]).clamp(min=0)
-        return x - gamma * excess[..., None] * d
+        d, mean = directions[step_index]
+        d = d.to(x)
+        return x - gamma * ((x @ d) - mean).clamp(min=0)[..., None] * d
 
     return fn
-
-
-def chain_steps(on_step, hook):
-    """One on_step callback that also advances `hook`."""
-    def both(i, t):
-        on_step(i, t)
-        hook.on_step(i, t)
-    return both
 
 
 def main():
@@ -132,7 +130,8 @@ def main():
                 hookpoint, gamma = spec.split("/")
                 cache = Path(score_file_config(args.sae / "concepts.h5")["cache"])
                 fn = direction_pull(cache, hookpoint, args.target, float(gamma), start_step(s["start"], config.steps))
-                on_step = chain_steps(on_step, stack.enter_context(intervene(pipe, hookpoint, fn)))
+                hook = stack.enter_context(intervene(pipe, hookpoint, fn))
+                on_step = SampleHooks.together([SampleHooks(on_step), SampleHooks(hook.on_step)]).on_step
             images = sample(pipe, answers.prompts(), answers.image_seeds(), config, on_step=on_step)
         labels = judge.label(images)
         m = unlearning_metrics(args.target, answers, labels)
