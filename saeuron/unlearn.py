@@ -178,7 +178,7 @@ def parse_settings(method, pairs: list[str]) -> dict:
 
 def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> None:
     """Sequential unlearning (`--after`): methods that edit weights chain (any of them after any other); SPM composes its
-    adapters (SPM after SPM only); SAeUron erases several concepts at once; UnGuide does not take --after."""
+    adapters (SPM after SPM, UnGuide after UnGuide); SAeUron erases several concepts at once."""
     from .methods import methods
 
     if previous is None:
@@ -276,12 +276,12 @@ def _cmd_unlearn(args) -> None:
         raise UserError(f"{str(out)!r} already holds an unlearned model; choose another --out")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{str(out)!r} is not empty; give a new or empty folder")
+    previous = load_unlearned(args.after) if args.after else None  # the folder itself first; the base model once loaded
+    check_chain(method, previous, targets)
     if method.name == "saeuron" and not args.sae:
         raise UserError("--method saeuron needs --sae DIR (an SAE folder with concepts.h5 from `saeuron score`)")
     if method.name != "saeuron" and args.sae:
         raise UserError(f"--sae is for --method saeuron, not {method.name}")
-    previous = load_unlearned(args.after) if args.after else None  # the folder itself first; the base model once loaded
-    check_chain(method, previous, targets)
     device, dtype = device_from_args(args)
     pipe = load_pipeline(args.model, dtype, device)
     record = unlearn(method.name, targets, out, pipe, args.model, concept_set, args.seed, args.set, args.sae,
@@ -307,7 +307,7 @@ def register_cli(sub) -> None:
                                  "comma-separated (SAEs of different hookpoints), ablate together, each with its own tuned settings; "
                                  "DIR@KIND limits a folder to the targets of that kind (e.g. A@style,B@object)")
     p.add_argument("--after", help="sequential unlearning: fit on the model of this unlearned-model folder (esd-x, esd-u, uce, ca, sa), "
-                                   "or, for spm, fit on the base model and apply beside that folder's adapters (spm folders only); "
+                                   "or, for spm and unguide, fit on the base model and apply beside that folder's adapters (of the same method only); "
                                    "the new folder erases its targets and the chain's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting (repeatable); --show lists them")
     p.add_argument("--show", action="store_true", help="print the method's settings, the paper's values and why they differ, and exit")

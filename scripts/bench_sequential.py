@@ -1,7 +1,7 @@
 """Sequential unlearning: six styles erased one after another, per method. Writes benchmarks/SEQUENTIAL.md and
 benchmarks/sequential/<method>.png.
 
-    python scripts/bench_sequential.py [--methods saeuron-paper,uce,esd-x,esd-u,ca,sa,spm] [--eval-seeds 300-304] [--device cuda]
+    python scripts/bench_sequential.py [--methods saeuron-paper,uce,esd-x,esd-u,ca,sa,spm,unguide] [--eval-seeds 300-304] [--device cuda]
 
 Weight methods chain their edits: step k is `saeuron unlearn --after` step k-1's folder, each at the method's default
 setting, seed 0. SAeUron merges feature sets: one folder erases every style so far, at the paper's style setting (1
@@ -9,7 +9,8 @@ feature a step, multiplier -1, the SAE of scripts/bench_attacks.py). After each 
 110-prompt grid on the evaluation seeds. It reports UA on every style erased so far (their mean and the first
 style's, to show rebound), IRA on the styles not yet erased, and CRA on objects. Each step resumes where it stopped.
 SPM composes: each step's adapter is fitted on the base model and applied beside the earlier ones, each with its own
-facilitated transport (the paper's multi-concept use). UnGuide does not take `--after`.
+facilitated transport (the paper's multi-concept use). UnGuide composes too: one LoRA per style, fitted on the base
+model, all under one UnGuidance gate (a prompt is flagged when any LoRA's stability score flags it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler  # n
 from saeuron.unlearn import unlearn  # noqa: E402
 
 STYLES = ["style:neon", "style:ocean", "style:lava", "style:candy", "style:noir", "style:desert"]
-METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "sa", "spm"]
+METHODS = ["saeuron-paper", "uce", "esd-x", "esd-u", "ca", "sa", "spm", "unguide"]
 
 
 def step_folder(pipe, run: Path, method: str, k: int) -> Path:
@@ -135,7 +136,7 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
              f"the k styles erased so far (first: UA of {STYLES[0]}, which shows rebound), IRA on the 10 - k styles left, "
              f"CRA on objects; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]}. Every method at its default setting, seed 0. "
              "Weight methods chain (`unlearn --after`); SAeUron merges feature sets; SPM composes its adapters (each fitted on "
-             "the base model, each with its own facilitated transport, as the paper combines them). UnGuide does not chain. Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green); rows: "
+             "the base model, each with its own facilitated transport, as the paper combines them); UnGuide composes its LoRAs under one gate (flagged when any LoRA flags the prompt). Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green); rows: "
              "`benchmarks/sequential/<method>.json`.", "",
              "| method | " + " | ".join(f"step {k + 1}: UA (first) / IRA / CRA" for k in range(len(STYLES))) + " |",
              "|---|" + "---|" * len(STYLES)]

@@ -9,6 +9,10 @@ the concept and gets w = w1 (the paper's -1; 0 here, see `w_flagged`); every oth
 then predicts eps = w CFG_base(c) + (1 - w) CFG_LoRA(c). The scores are taken at the start of each generation, on the
 text conditioning it uses, so an attacker's embeddings face the gate too. e is the base model (the LoRA switched off). On minicanvas, c_ref is the
 target prompt without the target: "a star" for "a star in neon style"; for an object, the next object.
+
+Sequential unlearning composes (`unlearn --after`, as SPM): each concept's LoRA is fitted on the base model, and a chain
+of UnGuide folders is applied as one UnGuidance over every LoRA at once. A prompt is flagged when any LoRA's own score
+(that LoRA alone against the base) exceeds its score of the empty prompt; with one folder this is the paper's gate.
 """
 
 from __future__ import annotations
@@ -35,9 +39,18 @@ class _Reached(Exception):
     """Stops the sampler once the stability step's latents are kept."""
 
 
+class _Composed:
+    """The UnGuide LoRAs of a chain applied together: their adapter names and records, in the order applied; the first
+    folder's `applied` owns the one mixing hook and the gate, the later ones join it."""
+
+    def __init__(self):
+        self.adapters: list[tuple[str, dict]] = []
+
+
 class UnGuide(Method):
     name = "unguide"
     summary = "UnGuide (rank-1 LoRA on cross-attention k, v; UnGuidance mixes base and LoRA per prompt by a stability score)"
+    sequential = "compose"  # one LoRA per concept, each fitted on the base model; one gate over all of them at inference
     defaults = {
         "iterations": Hyper(200, 200),
         "batch_size": Hyper(8, 1, "8 x_t a step instead of 1: fewer, better-averaged steps on a CPU"),
@@ -91,64 +104,92 @@ class UnGuide(Method):
     @contextlib.contextmanager
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
         unet, p = pipe.unet, record["params"]
-        with loaded_adapter(unet, folder, record, ADAPTER):
-            weights = torch.zeros(0)
-            w = torch.full((1,), float(p["w_flagged"]))
-            busy = False
-
-            def gate() -> torch.Tensor:
-                # each prompt's weight from its stability score, on the conditioning the sampler is about to use (an
-                # attacker's embeddings included), with the mixing hook passing through while the scores sample
-                nonlocal busy
-                busy = True
+        with loaded_adapter(unet, folder, record, ADAPTER) as name:
+            composed = getattr(unet, "_unguide_composed", None)
+            if composed is not None:  # an earlier folder of the chain holds the gate and the mix: this LoRA joins them
+                first = composed.adapters[0][1]["params"]
+                if any(int(p[k]) != int(first[k]) for k in ("steps", "stability_step", "repeats")):
+                    raise UserError(f"{str(folder)!r}: UnGuide folders compose only with the same steps, stability_step and "
+                                    f"repeats as the first of their chain")
+                composed.adapters.append((name, record))
                 try:
-                    scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p)
+                    yield SampleHooks()
                 finally:
-                    busy = False
-                return torch.tensor([float(p["w_flagged"]) if scores[q] > scores[""] else float(p["w_other"]) for q in prompts])
-
-            def mix(module, args, kwargs, output):
-                # eps = w base + (1 - w) LoRA on the UNet's raw [uncond; cond] outputs: CFG is linear, so this is
-                # w CFG_base + (1 - w) CFG_LoRA. A batch the sampler did not announce (an attack's direct call on
-                # prompts that name the concept) is treated as flagged.
-                nonlocal busy
-                if busy:
-                    return None
-                lora = output[0] if isinstance(output, tuple) else output.sample
-                busy = True
-                try:
-                    unet.disable_adapters()
-                    base = module(*args, **kwargs)
-                finally:
-                    unet.enable_adapters()
-                    busy = False
-                base = base[0] if isinstance(base, tuple) else base.sample
-                m = w if len(w) == len(lora) else torch.full((len(lora),), float(p["w_flagged"]))
-                m = m.to(lora.device, lora.dtype).view(-1, *([1] * (lora.dim() - 1)))
-                mixed = m * base + (1 - m) * lora
-                if isinstance(output, tuple):
-                    return (mixed, *output[1:])
-                output.sample = mixed
-                return output
-
-            def on_batch(start: int) -> None:
-                nonlocal w, weights
-                if start == 0:  # a new generation: score its prompts
-                    weights = gate()
-                batch = weights[start : start + config.batch_size]
-                w = torch.cat([batch, batch])  # one weight for both halves of a prompt's CFG pair
-
-            handle = unet.register_forward_hook(mix, with_kwargs=True)
+                    composed.adapters.remove((name, record))
+                return
+            composed = unet._unguide_composed = _Composed()
+            composed.adapters.append((name, record))
             try:
-                yield SampleHooks(on_batch=on_batch)
+                with _unguidance(pipe, composed, prompts, p, config) as hooks:
+                    yield hooks
             finally:
-                handle.remove()
+                del unet._unguide_composed
+
+
+@contextlib.contextmanager
+def _unguidance(pipe, composed: _Composed, prompts: list[str], p: dict, config) -> Iterator[SampleHooks]:
+    """UnGuidance over the composed LoRAs: a hook on the UNet mixes eps = w base + (1 - w) LoRA (every LoRA on), with
+    w = w_flagged where any LoRA's stability score flags the prompt, else w_other (the first folder's weights)."""
+    unet = pipe.unet
+    weights = torch.zeros(0)
+    w = torch.full((1,), float(p["w_flagged"]))
+    busy = False
+
+    def gate() -> torch.Tensor:
+        # each prompt's weight from its stability scores, on the conditioning the sampler is about to use (an
+        # attacker's embeddings included), with the mixing hook passing through while the scores sample
+        nonlocal busy
+        busy = True
+        try:
+            scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p, [n for n, _ in composed.adapters])
+        finally:
+            busy = False
+        flagged = [any(s[q] > s[""] for s in scores.values()) for q in prompts]
+        return torch.tensor([float(p["w_flagged"]) if f else float(p["w_other"]) for f in flagged])
+
+    def mix(module, args, kwargs, output):
+        # eps = w base + (1 - w) LoRA on the UNet's raw [uncond; cond] outputs: CFG is linear, so this is
+        # w CFG_base + (1 - w) CFG_LoRA. A batch the sampler did not announce (an attack's direct call on
+        # prompts that name the concept) is treated as flagged.
+        nonlocal busy
+        if busy:
+            return None
+        lora = output[0] if isinstance(output, tuple) else output.sample
+        busy = True
+        try:
+            unet.disable_adapters()
+            base = module(*args, **kwargs)
+        finally:
+            unet.enable_adapters()
+            busy = False
+        base = base[0] if isinstance(base, tuple) else base.sample
+        m = w if len(w) == len(lora) else torch.full((len(lora),), float(p["w_flagged"]))
+        m = m.to(lora.device, lora.dtype).view(-1, *([1] * (lora.dim() - 1)))
+        mixed = m * base + (1 - m) * lora
+        if isinstance(output, tuple):
+            return (mixed, *output[1:])
+        output.sample = mixed
+        return output
+
+    def on_batch(start: int) -> None:
+        nonlocal w, weights
+        if start == 0:  # a new generation: score its prompts
+            weights = gate()
+        batch = weights[start : start + config.batch_size]
+        w = torch.cat([batch, batch])  # one weight for both halves of a prompt's CFG pair
+
+    handle = unet.register_forward_hook(mix, with_kwargs=True)
+    try:
+        yield SampleHooks(on_batch=on_batch)
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
-def stability_scores(pipe, prompts: list[str], params: dict) -> dict[str, float]:
+def stability_scores(pipe, prompts: list[str], params: dict, adapters: list[str] | None = None):
     """UnGuide's stability score of each prompt: the mean over `repeats` seeds of || e_LoRA(z, c) - e_base(z, c) ||,
-    z the base model's latent after `stability_step` of `steps` DDIM steps (the adapter must be loaded)."""
+    z the base model's latent after `stability_step` of `steps` DDIM steps (the adapter must be loaded). With
+    `adapters`, {adapter: scores} with each LoRA alone against the base, from the same z."""
     from ..pipelines import SamplerConfig, prompt_conditions, sample
 
     steps, k, repeats = int(params["steps"]), int(params["stability_step"]), int(params["repeats"])
@@ -172,11 +213,26 @@ def stability_scores(pipe, prompts: list[str], params: dict) -> dict[str, float]
         unet.enable_adapters()
     z, t = kept["z"], torch.full((len(pairs),), kept["t"], device=kept["z"].device)
     cond = prompt_conditions(pipe, [q for q, _ in pairs])
-    lora = unet_out(unet, z, t, cond)
     unet.disable_adapters()
     try:
         base = unet_out(unet, z, t, cond)
     finally:
         unet.enable_adapters()
-    dist = (lora - base).flatten(1).float().norm(dim=1).view(len(prompts), repeats).mean(1).cpu()
-    return {q: float(d) for q, d in zip(prompts, dist)}
+
+    def scores() -> dict[str, float]:
+        dist = (unet_out(unet, z, t, cond) - base).flatten(1).float().norm(dim=1).view(len(prompts), repeats).mean(1).cpu()
+        return {q: float(d) for q, d in zip(prompts, dist)}
+
+    if adapters is None:
+        return scores()
+    active, grads = list(unet.active_adapters()), {n: q.requires_grad for n, q in unet.named_parameters()}
+    out = {}
+    try:
+        for name in adapters:
+            unet.set_adapter(name)
+            out[name] = scores()
+    finally:
+        unet.set_adapter(active)
+        for n, q in unet.named_parameters():  # peft's set_adapter marks the active adapter trainable: undo that
+            q.requires_grad_(grads[n])
+    return out
