@@ -189,10 +189,10 @@ def check_chain(method, previous: "Unlearned | None", targets: list[str]) -> Non
         raise UserError(f"--after chains weight edits ({chaining}) or composes adapters of one method ({composing}), not {method.name}"
                         + ("; SAeUron merges feature sets: give every concept to --targets" if method.name == "saeuron" else ""))
     if method.sequential == "chain" and (bad := [u.record["method"] for u in previous.chain if u.method.sequential != "chain"]):
-        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}, which edits no weights; "
+        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(dict.fromkeys(bad))}, which edits no weights; "
                         f"only {chaining} chain")
     if method.sequential == "compose" and (bad := [u.record["method"] for u in previous.chain if u.method.name != method.name]):
-        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(bad)}; {method.name} composes only with "
+        raise UserError(f"--after {str(previous.folder)!r}: its chain holds {', '.join(dict.fromkeys(bad))}; {method.name} composes only with "
                         f"{method.name} folders")
     if again := [t for t in targets if t in previous.targets]:
         raise UserError(f"--after {str(previous.folder)!r} already erases {', '.join(again)}")

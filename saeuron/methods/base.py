@@ -74,7 +74,7 @@ class Method:
     summary: str = ""
     defaults: dict[str, Hyper] = {}
     # sequential unlearning (`unlearn --after`): "chain" fits on the previous folder's model (edited weights),
-    # "compose" fits on the base model and is applied beside the previous folders (SPM's combined adapters), None refuses
+    # "compose" fits on the base model and is applied beside the previous folders (SPM, UnGuide), None refuses
     sequential: str | None = None
 
     def fit(self, ctx: FitContext) -> dict:
