@@ -39,14 +39,6 @@ class _Reached(Exception):
     """Stops the sampler once the stability step's latents are kept."""
 
 
-class _Composed:
-    """The UnGuide LoRAs of a chain applied together: their adapter names and records, in the order applied; the first
-    folder's `applied` owns the one mixing hook and the gate, the later ones join it."""
-
-    def __init__(self):
-        self.adapters: list[tuple[str, dict]] = []
-
-
 class UnGuide(Method):
     name = "unguide"
     summary = "UnGuide (rank-1 LoRA on cross-attention k, v; UnGuidance mixes base and LoRA per prompt by a stability score)"
@@ -105,20 +97,21 @@ class UnGuide(Method):
     def applied(self, pipe, folder: Path, record: dict, prompts: list[str], config) -> Iterator[SampleHooks]:
         unet, p = pipe.unet, record["params"]
         with loaded_adapter(unet, folder, record, ADAPTER) as name:
+            # the chain's UnGuide LoRAs applied together, (adapter name, record) in order: the first folder owns the one
+            # mixing hook and the gate, later ones join them
             composed = getattr(unet, "_unguide_composed", None)
-            if composed is not None:  # an earlier folder of the chain holds the gate and the mix: this LoRA joins them
-                first = composed.adapters[0][1]["params"]
+            if composed is not None:
+                first = composed[0][1]["params"]
                 if any(int(p[k]) != int(first[k]) for k in ("steps", "stability_step", "repeats")):
                     raise UserError(f"{str(folder)!r}: UnGuide folders compose only with the same steps, stability_step and "
                                     f"repeats as the first of their chain")
-                composed.adapters.append((name, record))
+                composed.append((name, record))
                 try:
                     yield SampleHooks()
                 finally:
-                    composed.adapters.remove((name, record))
+                    composed.remove((name, record))
                 return
-            composed = unet._unguide_composed = _Composed()
-            composed.adapters.append((name, record))
+            composed = unet._unguide_composed = [(name, record)]
             try:
                 with _unguidance(pipe, composed, prompts, p, config) as hooks:
                     yield hooks
@@ -127,7 +120,7 @@ class UnGuide(Method):
 
 
 @contextlib.contextmanager
-def _unguidance(pipe, composed: _Composed, prompts: list[str], p: dict, config) -> Iterator[SampleHooks]:
+def _unguidance(pipe, composed: list[tuple[str, dict]], prompts: list[str], p: dict, config) -> Iterator[SampleHooks]:
     """UnGuidance over the composed LoRAs: a hook on the UNet mixes eps = w base + (1 - w) LoRA (every LoRA on), with
     w = w_flagged where any LoRA's stability score flags the prompt, else w_other (the first folder's weights)."""
     unet = pipe.unet
@@ -141,7 +134,7 @@ def _unguidance(pipe, composed: _Composed, prompts: list[str], p: dict, config) 
         nonlocal busy
         busy = True
         try:
-            scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p, [n for n, _ in composed.adapters])
+            scores = stability_scores(pipe, list(dict.fromkeys(prompts)) + [""], p, [n for n, _ in composed])
         finally:
             busy = False
         flagged = [any(s[q] > s[""] for s in scores.values()) for q in prompts]
