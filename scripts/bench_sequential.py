@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def plot_png(rows: list[dict], method: str, path: Path) -> None:
         d.text((pad + 70 * j, 8), key, fill=colour)
     d.text((w - pad - 110, 8), f"{method}, step", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def main():
@@ -123,7 +126,7 @@ def main():
             plot_png(rows, method, args.png_dir / f"{method}.png")
             record = {"method": method, "rows": rows, "command": cmd, "machine": machine, "date": time.strftime("%Y-%m-%d"),
                       "eval_seeds": f"{eval_seeds[0]}-{eval_seeds[-1]}"}
-            (args.png_dir / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
+            write_atomic(args.png_dir / f"{method}.json", json.dumps(record, indent=1) + "\n")
             write_table(args.png_dir, args.out, eval_seeds)
     print(args.out.read_text())
 
@@ -145,7 +148,14 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
         lines.append(f"| {r['method']} | " + " | ".join(cells + ["not run"] * (len(STYLES) - len(cells))) + " |")
     lines += ["", "Each row's command and machine:", ""]
     lines += [f"- {r['method']}: `{r['command']}`, {r['machine']} ({r['date']})" for r in records]
-    out.write_text("\n".join(lines) + "\n")
+    write_atomic(out, "\n".join(lines) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file, so that runs of several methods side by side never read a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
