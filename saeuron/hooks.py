@@ -265,10 +265,7 @@ class Capture(_StepHooks):
                 return None
             acts = out
             if self.capture == "residual":
-                inp = args[0] if args else kwargs.get("hidden_states")
-                if not isinstance(inp, torch.Tensor) or inp.shape != out.shape:
-                    raise UserError(f"capture='residual' needs a block whose input and output have the same shape; {path!r} does not")
-                acts = out - inp
+                acts = out - _block_input(args, kwargs, out, path)
             acts_btd = to_tokens(acts.detach())
             halves = acts_btd.chunk(2) if acts_btd.shape[0] % 2 == 0 else (acts_btd, acts_btd)
             for name, half in zip(CFG_BRANCHES, halves):
@@ -280,6 +277,14 @@ class Capture(_StepHooks):
 
     def _register(self) -> list:
         return [module.register_forward_hook(self._make_hook(path), with_kwargs=True) for path, module in self.modules.items()]
+
+
+def _block_input(args, kwargs, out: torch.Tensor, path: str) -> torch.Tensor:
+    """A hooked block's input, for capture='residual' (output - input): it must have the output's shape."""
+    inp = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(inp, torch.Tensor) or inp.shape != out.shape:
+        raise UserError(f"capture='residual' needs a block whose input and output have the same shape; {path!r} does not")
+    return inp
 
 
 def capture(pipe, hookpoints: Sequence[str], sink: Sink, branch: str = "cond", steps=None, capture: str = "output") -> Capture:
@@ -310,11 +315,7 @@ class Intervention(_StepHooks):
         out = _main_tensor(output)
         if out is None:
             return None
-        base = None
-        if self.capture == "residual":
-            base = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(base, torch.Tensor) or base.shape != out.shape:
-                raise UserError(f"capture='residual' needs a block whose input and output have the same shape; {self.path!r} does not")
+        base = _block_input(args, kwargs, out, self.path) if self.capture == "residual" else None
         acts_btd = to_tokens(out if base is None else out - base)
         new = self.fn(acts_btd, self.tracker.step, self.tracker.timestep)
         if not isinstance(new, torch.Tensor) or new.shape != acts_btd.shape:
