@@ -82,6 +82,38 @@ def plot_png(rows: list[dict], method: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def plot_all(records: list[dict], path: Path) -> None:
+    """UA, IRA and CRA against the step for every method, one panel each, one colour per method."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    colours = ["black", "red", "blue", "green", "orange", "purple", "brown", "magenta", "teal", "gray"]
+    pw, h, pad, legend = 300, 260, 34, 130
+    img = Image.new("RGB", (3 * pw + legend, h), "white")
+    d = ImageDraw.Draw(img)
+    for panel, key in enumerate(("UA", "IRA", "CRA")):
+        left = panel * pw
+        x = lambda i: left + pad + i * (pw - 2 * pad) / max(1, len(STYLES) - 1)  # noqa: E731
+        y = lambda v: h - pad - v * (h - 2 * pad) / 100  # noqa: E731
+        d.rectangle([left + pad, pad, left + pw - pad, h - pad], outline="black")
+        d.text((left + pad, 10), f"{key} after step k", fill="black", font=font)
+        for v in (0, 50, 100):
+            d.text((left + 6, y(v) - 6), str(v), fill="black")
+        for i in range(len(STYLES)):
+            d.text((x(i) - 3, h - pad + 4), str(i + 1), fill="black")
+        for r, colour in zip(records, colours):
+            pts = [(x(i), y(row[key])) for i, row in enumerate(r["rows"])]
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            for px, py in pts:
+                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+    for j, (r, colour) in enumerate(zip(records, colours)):
+        d.text((3 * pw + 8, pad + 18 * j), r["method"], fill=colour, font=font)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=ROOT / "activations" / "sequential")
@@ -139,7 +171,7 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
              f"the k styles erased so far (first: UA of {STYLES[0]}, which shows rebound), IRA on the 10 - k styles left, "
              f"CRA on objects; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]}. Every method at its default setting, seed 0. "
              "Weight methods chain (`unlearn --after`); SAeUron merges feature sets; SPM composes its adapters (each fitted on "
-             "the base model, each with its own facilitated transport, as the paper combines them); UnGuide composes its LoRAs under one gate (flagged when any LoRA flags the prompt). Plots: `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green); rows: "
+             "the base model, each with its own facilitated transport, as the paper combines them); UnGuide composes its LoRAs under one gate (flagged when any LoRA flags the prompt). Plots: `benchmarks/sequential/all.png` (every method, one panel per metric) and `benchmarks/sequential/<method>.png` (UA red, IRA blue, CRA green); rows: "
              "`benchmarks/sequential/<method>.json`.", "",
              "| method | " + " | ".join(f"step {k + 1}: UA (first) / IRA / CRA" for k in range(len(STYLES))) + " |",
              "|---|" + "---|" * len(STYLES)]
@@ -149,6 +181,7 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
     lines += ["", "Each row's command and machine:", ""]
     lines += [f"- {r['method']}: `{r['command']}`, {r['machine']} ({r['date']})" for r in records]
     write_atomic(out, "\n".join(lines) + "\n")
+    plot_all(records, rows_dir / "all.png")
 
 
 def write_atomic(path: Path, text: str) -> None:
