@@ -54,6 +54,23 @@ def step_folder(pipe, run: Path, method: str, k: int) -> Path:
     return folder
 
 
+def _draw_panel(d, left: float, width: float, h: int, pad: int, series: list[tuple[list[float], str]]) -> None:
+    """A 0-100 panel against the step (1 .. len(STYLES)): frame, ticks, and one line of dots per (values, colour)."""
+    x = lambda i: left + pad + i * (width - 2 * pad) / max(1, len(STYLES) - 1)  # noqa: E731
+    y = lambda v: h - pad - v * (h - 2 * pad) / 100  # noqa: E731
+    d.rectangle([left + pad, pad, left + width - pad, h - pad], outline="black")
+    for v in (0, 50, 100):
+        d.text((left + 4, y(v) - 6), str(v), fill="black")
+    for i in range(len(STYLES)):
+        d.text((x(i) - 3, h - pad + 4), str(i + 1), fill="black")
+    for values, colour in series:
+        pts = [(x(i), y(v)) for i, v in enumerate(values)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for px, py in pts:
+            d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+
+
 def plot_png(rows: list[dict], method: str, path: Path) -> None:
     """UA (styles erased so far), IRA and CRA against the step, as a small line chart."""
     from PIL import Image, ImageDraw
@@ -61,25 +78,13 @@ def plot_png(rows: list[dict], method: str, path: Path) -> None:
     w, h, pad = 360, 240, 36
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    x = lambda i: pad + i * (w - 2 * pad) / max(1, len(STYLES) - 1)  # noqa: E731
-    y = lambda v: h - pad - v * (h - 2 * pad) / 100  # noqa: E731
-    d.rectangle([pad, pad, w - pad, h - pad], outline="black")
-    for v in (0, 50, 100):
-        d.text((4, y(v) - 6), str(v), fill="black")
-    for i in range(len(STYLES)):
-        d.text((x(i) - 3, h - pad + 4), str(i + 1), fill="black")
-    for j, (key, colour) in enumerate((("UA", "red"), ("IRA", "blue"), ("CRA", "green"))):
-        pts = [(x(i), y(r[key])) for i, r in enumerate(rows)]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        for px, py in pts:
-            d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+    keys = (("UA", "red"), ("IRA", "blue"), ("CRA", "green"))
+    _draw_panel(d, 0, w, h, pad, [([r[key] for r in rows], colour) for key, colour in keys])
+    for j, (key, colour) in enumerate(keys):
         d.text((pad + 70 * j, 8), key, fill=colour)
     d.text((w - pad - 110, 8), f"{method}, step", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    _replace(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def plot_all(records: list[dict], path: Path) -> None:
@@ -92,26 +97,11 @@ def plot_all(records: list[dict], path: Path) -> None:
     img = Image.new("RGB", (3 * pw + legend, h), "white")
     d = ImageDraw.Draw(img)
     for panel, key in enumerate(("UA", "IRA", "CRA")):
-        left = panel * pw
-        x = lambda i: left + pad + i * (pw - 2 * pad) / max(1, len(STYLES) - 1)  # noqa: E731
-        y = lambda v: h - pad - v * (h - 2 * pad) / 100  # noqa: E731
-        d.rectangle([left + pad, pad, left + pw - pad, h - pad], outline="black")
-        d.text((left + pad, 10), f"{key} after step k", fill="black", font=font)
-        for v in (0, 50, 100):
-            d.text((left + 6, y(v) - 6), str(v), fill="black")
-        for i in range(len(STYLES)):
-            d.text((x(i) - 3, h - pad + 4), str(i + 1), fill="black")
-        for r, colour in zip(records, colours):
-            pts = [(x(i), y(row[key])) for i, row in enumerate(r["rows"])]
-            if len(pts) > 1:
-                d.line(pts, fill=colour, width=2)
-            for px, py in pts:
-                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        _draw_panel(d, panel * pw, pw, h, pad, [([row[key] for row in r["rows"]], c) for r, c in zip(records, colours)])
+        d.text((panel * pw + pad, 10), f"{key} after step k", fill="black", font=font)
     for j, (r, colour) in enumerate(zip(records, colours)):
         d.text((3 * pw + 8, pad + 18 * j), r["method"], fill=colour, font=font)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    _replace(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def main():
@@ -185,9 +175,14 @@ def write_table(rows_dir: Path, out: Path, eval_seeds: list[int]) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file, so that runs of several methods side by side never read a half-written file."""
+    """Write text through a temporary file (see `_replace`)."""
+    _replace(path, lambda tmp: tmp.write_text(text))
+
+
+def _replace(path: Path, write) -> None:
+    """`write(tmp)` then move tmp onto path, so that runs of several methods side by side never read a half-written file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    write(tmp)
     os.replace(tmp, path)
 
 
