@@ -104,7 +104,9 @@ def firing_thresholds(scores: ConceptScores, row: int, target_rows: list[int], r
 
 
 SAME_KIND_RIVALS = {"exclusive": False, "specific": True}  # selection rule -> do concepts of the target's kind exclude too?
-SELECTIONS = ("saeuron", *SAME_KIND_RIVALS)  # SAeUron's ranking; minus features another kind / any other concept scores higher
+# SAeUron's ranking; minus features another kind / any other concept scores higher; the one latent concept supervision
+# bound the concept to (SAEmnesia; an SAE from `saeuron supervise`)
+SELECTIONS = ("saeuron", *SAME_KIND_RIVALS, "assigned")
 
 
 def check_rules(selection: str, firing: str = "mean") -> None:
@@ -112,6 +114,18 @@ def check_rules(selection: str, firing: str = "mean") -> None:
     for what, value, valid in (("feature selection", selection, SELECTIONS), ("firing threshold rule", firing, FIRING_RULES)):
         if value not in valid:
             raise UserError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def _ranking(scores: ConceptScores, row: int, selection: str) -> np.ndarray:
+    """(T, F) what the selection rule ranks a concept's features by."""
+    if selection == "saeuron":
+        return scores.scores[row]
+    if selection == "assigned":  # the bound latent alone, at its score (a step where it scores <= 0 selects nothing)
+        latent = scores.bound_latent(row)
+        only = np.zeros_like(scores.scores[row])
+        only[:, latent] = scores.scores[row][:, latent]
+        return only
+    return scores.exclusive_scores(row, SAME_KIND_RIVALS[selection])
 
 
 def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, percentile: float | None = None,
@@ -122,7 +136,8 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
     `selection` (see SELECTIONS): "saeuron" (the paper) ranks all features by the target's
     score; "exclusive" only features whose target score beats every concept of the other
     kind; "specific" only those whose target score beats every other concept
-    (`ConceptScores.exclusive_scores`). `min_dominance` R > 0 further keeps only features the
+    (`ConceptScores.exclusive_scores`); "assigned" the one latent that concept supervision bound the
+    target to (`saeuron supervise`), whatever the percentile. `min_dominance` R > 0 further keeps only features the
     target fires at least R times as strongly as any other concept (`ConceptScores.dominance`):
     a feature a neighbour fires almost as much is scaled on the neighbour's images too.
     `start` in [0, 1) leaves the first `start` of the cached steps unablated (0: every step, as the
@@ -136,7 +151,7 @@ def plan_ablation(scores: ConceptScores, targets: list[str], multiplier: float, 
         raise UserError(f"the ablation start must be a fraction of the denoising steps in [0, 1) (0: every step), got {start}")
     check_rules(selection, firing)
     rows = [scores.index(t) for t in targets]
-    ranked = {r: scores.scores[r] if selection == "saeuron" else scores.exclusive_scores(r, SAME_KIND_RIVALS[selection]) for r in rows}
+    ranked = {r: _ranking(scores, r, selection) for r in rows}
     if min_dominance > 0:
         ranked = {r: np.where(scores.dominance(r) >= min_dominance, ranked[r], 0.0) for r in rows}
     thresholds = {r: firing_thresholds(scores, r, rows, firing) for r in rows}
@@ -329,7 +344,8 @@ def add_rule_args(parser) -> None:
     parser.add_argument("--selection", default="saeuron", choices=SELECTIONS,
                         help="feature selection: 'saeuron' (default) ranks all features by score, as the paper does; "
                              "'exclusive' skips features that a concept of the other kind scores higher; "
-                             "'specific' skips features that any other concept scores higher")
+                             "'specific' skips features that any other concept scores higher; 'assigned' ablates the one "
+                             "latent `saeuron supervise` bound the concept to (SAEmnesia)")
     parser.add_argument("--firing", default="mean", choices=FIRING_RULES,
                         help="where a selected feature is scaled: 'mean' (default, SAeUron) where it fires above its mean "
                              "over the concepts of the target's kind; 'kept-max' only above its highest mean on a kept concept")

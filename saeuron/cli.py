@@ -22,6 +22,7 @@ COMMANDS = {
     "hookpoints": ("saeuron.hooks", "list the UNet's hookpoints (cross-attention blocks; --all: every module) with their shapes"),
     "cache": ("saeuron.cache", "sample prompts x seeds and store hookpoint activations in an HDF5 store (resumable)"),
     "train": ("saeuron.train", "train an SAE on one hookpoint of an activation cache (sae-lens)"),
+    "supervise": ("saeuron.supervise", "fine-tune an SAE with concept labels so each concept owns one latent (SAEmnesia)"),
     "score": ("saeuron.concepts", "per-timestep concept scores of every SAE feature (SAeUron)"),
     "unlearn": ("saeuron.unlearn", "erase concepts with any method (saeuron, esd-x, esd-u, uce, ca, spm, unguide, sa) into an unlearned-model folder"),
     "evaluate": ("saeuron.evaluate", "UnlearnCanvas metrics (UA / IRA / CRA) of SAeUron ablation or of an unlearned-model folder"),

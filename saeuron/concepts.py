@@ -38,6 +38,7 @@ class ConceptScores:
     steps: np.ndarray | None = None  # (T,) step index of each row (None = 0..T-1)
     seeds: np.ndarray | None = None  # seeds of the cached images the scores came from (None = unknown)
     other_acts: np.ndarray | None = None  # (C, T, F) mu_o of each concept (None: written before it was kept)
+    latents: np.ndarray | None = None  # (C,) the latent concept supervision bound each concept to (None: unsupervised SAE)
 
     def kind(self, row: int) -> str:
         """The kind of a concept row."""
@@ -85,6 +86,19 @@ class ConceptScores:
         own = self.mean_acts[row]
         return np.divide(own, others, out=np.full_like(own, np.inf), where=others > 0)
 
+    def bind_latents(self, bound: dict[str, int]) -> None:
+        """Record the latents concept supervision bound the concepts to (`supervise.assign_latents`; {}: none)."""
+        if bound:
+            self.latents = np.array([bound.get(c, -1) for c in self.concepts], dtype=np.int64)
+
+    def bound_latent(self, row: int) -> int:
+        """The latent bound to a concept row; a clear error for an unsupervised SAE or an unbound concept."""
+        latent = -1 if self.latents is None else int(self.latents[row])
+        if latent < 0:
+            raise UserError(f"no latent is bound to {self.concepts[row]!r}: selection 'assigned' needs an SAE from "
+                            f"`saeuron supervise` whose concept set holds it")
+        return latent
+
     def check_unseen(self, seeds, where: str = "") -> None:
         """Refuse evaluation seeds whose cached images these scores came from: the features would be selected on the very
         images they are judged on (`where`: which SAE, for the message)."""
@@ -108,6 +122,8 @@ class ConceptScores:
                 f["seeds"] = np.asarray(self.seeds, dtype=np.int64)
             if self.other_acts is not None:
                 f.create_dataset("other_acts", data=self.other_acts.astype(np.float32), compression="gzip")
+            if self.latents is not None:
+                f["latents"] = np.asarray(self.latents, dtype=np.int64)
         tmp.replace(path)
 
     @classmethod
@@ -126,6 +142,7 @@ class ConceptScores:
                     steps=f["steps"][()],
                     seeds=f["seeds"][()] if "seeds" in f else None,
                     other_acts=f["other_acts"][()] if "other_acts" in f else None,
+                    latents=f["latents"][()] if "latents" in f else None,
                 )
         except (OSError, KeyError) as err:
             raise UserError(f"cannot read concept scores from {str(path)!r}: {err}") from None
@@ -305,6 +322,7 @@ def _is_score_file(path: Path) -> bool:
 def _cmd_score(args) -> None:
     from .cli_args import check_output, device_from_args
     from .sae import load_sae
+    from .supervise import read_concept_latents
 
     hookpoint = args.hookpoint
     device, dtype = device_from_args(args)
@@ -319,6 +337,7 @@ def _cmd_score(args) -> None:
     check_output(out, "concept-score file", may_replace=_is_score_file)
     sae = load_sae(args.sae, hookpoint=hookpoint, device=device, dtype=dtype).eval()
     scores = score_cache(Path(args.cache), hookpoint, sae)
+    scores.bind_latents(read_concept_latents(args.sae))
     scores.save(out, {"cache": str(args.cache), "sae": str(args.sae), "hookpoint": hookpoint})
     print(f"scored {len(scores.concepts)} concepts x {len(scores.timesteps)} steps x {scores.scores.shape[2]} features -> {out}")
 
