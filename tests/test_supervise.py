@@ -107,3 +107,17 @@ def test_cli_refuses_bad_input(tiny_run, tmp_path, capsys):
     assert main(["supervise", "--sae", sae, "--cache", cache, "--out", str(tmp_path / "o"), "--dtype", "bfloat16"]) == 2
     assert "float32" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_tuning_an_assigned_selection_searches_the_multiplier_alone(supervised, monkeypatch):
+    from saeuron import evaluate as ev
+
+    out, _ = supervised
+    site = load_ablation_site(out, selection="assigned")
+    seen = []
+    monkeypatch.setattr(ev, "ablated_answer_set", lambda pipe, site, targets, answers, config, settings: seen.append(settings[targets[0]]))
+    monkeypatch.setattr(ev, "_labels_of", lambda images, judge: None)
+    monkeypatch.setattr(ev, "unlearning_metrics", lambda target, answers, labels: {"UA": 0.0, "IRA": 0.0, "CRA": 0.0})
+    grid = {"percentile": (99.0, 99.5), "multiplier": (-1.0, -5.0), "dominance": (0.0,), "start": (0.0,)}
+    ev.tune_target(None, site, "object:star", [100], None, grid)
+    assert [s["multiplier"] for s in seen] == [-1.0, -5.0] and {s["percentile"] for s in seen} == {99.0}
