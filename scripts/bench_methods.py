@@ -12,8 +12,9 @@ objects tuned over 1-3 features a step x multipliers -1 ... -30), with this proj
 (`saeuron`: styles at percentile 99.7, ~3 features, -1; objects over 99.5/99.7/99.9 x -1/-5/-10/-20)
 and as its best variant (`saeuron-specific`: the `specific` selection, styles with a minimum
 dominance tuned per style); `saeuron-paper-late` is the paper's with the first fifth of the denoising
-steps left unablated for objects, and `saeuron-paper-t5` the paper's tuned on 5 seeds. Every step
-resumes where it stopped.
+steps left unablated for objects, and `saeuron-paper-t5` the paper's tuned on 5 seeds. `saemnesia` fine-tunes
+the run's two SAEs with concept labels (`saeuron supervise`, SAEmnesia) and ablates each target's bound latent, its
+multiplier tuned over the paper's -1 ... -30 on the tuning seeds. Every step resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from saeuron.cache import count_rows  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
@@ -37,6 +39,7 @@ from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_an
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
 from saeuron.methods.sae_ablation import record_sites  # noqa: E402
+from saeuron.supervise import RECORD_FILE, SuperviseConfig, supervise  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import attack_cells  # noqa: E402
@@ -51,6 +54,7 @@ VARIANTS = {
     "saeuron-paper-late": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-dom2": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron": ("saeuron", "saeuron", {"style": "fixed", "object": TUNING_GRID}),
+    "saemnesia": ("saeuron", "assigned", {"style": "supervised-grid", "object": "supervised-grid"}),
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
                                                  "object": TUNING_GRID}),
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
@@ -66,7 +70,7 @@ GRID_CHANGES = {"saeuron-paper-late": {"object": {"start": (0.2,)}}, "saeuron-pa
 PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
     "saeuron-paper": (95.80, 99.10, 99.40, 87.16, 85.57, 74.14), "esd-x": (98.58, 80.97, 93.96, 92.15, 55.78, 44.23),
     "uce": (98.40, 60.22, 47.71, 94.31, 39.35, 34.67), "ca": (60.82, 96.01, 92.70, 46.67, 90.11, 81.97),
-    "spm": (60.94, 92.39, 84.33, 71.25, 90.79, 81.65),
+    "spm": (60.94, 92.39, 84.33, 71.25, 90.79, 81.65), "saemnesia": (96.60, 98.67, 99.30, 94.65, 91.39, 88.48),
 }
 
 
@@ -86,6 +90,10 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
     site = load_ablation_site(sae, pipe, selection)
     width = site.scores.scores.shape[-1]
     rule = grids[kind]
+    if selection == "assigned":  # the run's SAE after concept supervision (`supervised_saes`), its bound latent alone
+        sae = run / "supervised" / hookpoint
+        site = load_ablation_site(sae, pipe, selection)
+        rule = {**paper_grid(width), "percentile": (99.5,)}  # SAEmnesia searches the multiplier only (-1 ... -30)
     changes = GRID_CHANGES.get(name, {}).get(kind, {})
     if rule in ("fixed", "paper-fixed"):
         best = {"percentile": 99.7 if rule == "fixed" else paper_percentile(1, width), "multiplier": -1.0, "dominance": 0.0,
@@ -99,6 +107,21 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
             record.write_text(json.dumps({**tuned, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}, indent=1))
         best = json.loads(record.read_text())
     return str(sae), [f"{k}={best.get(k, default)}" for k, default in SETTING_DEFAULTS.items()] + [f"selection={selection}"]
+
+
+# rows each SAE's concept supervision sees: `saeuron supervise`'s 20 epochs over the demo's one-seed object cache
+SUPERVISED_ROWS = 3_520_000
+
+
+def supervised_saes(run: Path) -> None:
+    """The run's two SAEs fine-tuned with concept supervision (`saeuron supervise`'s defaults, epochs scaled to
+    SUPERVISED_ROWS) into run/supervised/, once, before any job reads them (an interrupted fine-tuning resumes)."""
+    for hookpoint in (STYLE_HOOKPOINT, OBJECT_HOOKPOINT):
+        out = run / "supervised" / hookpoint
+        if not (out / RECORD_FILE).exists():
+            epochs = max(1, round(SUPERVISED_ROWS / count_rows(run / "cache.h5", hookpoint)))
+            print(f"supervising {hookpoint} ({epochs} epochs)", flush=True)
+            supervise(SuperviseConfig(sae=str(run / "saes" / hookpoint), cache=str(run / "cache.h5"), out=str(out), epochs=epochs))
 
 
 def run_job(pipe, run: Path, name: str, target: str, eval_seeds: list[int], tune_seeds: list[int], sampler, base_images) -> dict:
@@ -246,7 +269,7 @@ def attack_section(path: Path, eval_seeds: list[int]) -> list[str]:
 
 
 # slowest first, so that parallel jobs finish together
-COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-late", "saeuron-paper-dom2", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-late", "saeuron-paper-dom2", "saemnesia", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
 
 
 def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:
@@ -328,6 +351,8 @@ def main():
         return
     if any(VARIANTS[n][0] == "saeuron" for n in names):
         build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe)
+    if any(VARIANTS[n][1] == "assigned" for n in names):
+        supervised_saes(run)
     jobs = [(n, t) for n in sorted(names, key=lambda n: COST_ORDER.index(n) if n in COST_ORDER else len(COST_ORDER)) for t in targets
             if not (run / "results" / n / f"{slug(t)}.json").exists()]
     failed = run_jobs(jobs, args.jobs, args) if args.jobs > 1 else []
