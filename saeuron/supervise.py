@@ -218,7 +218,7 @@ def supervise(cfg: SuperviseConfig, progress: bool = True) -> dict:
     sae.eval()
     record = {"config": dataclasses.asdict(cfg), "hookpoint": hookpoint, "concept_latents": bound, "before": before,
               "after": measure(sae, val_x, val_labels, heads), "history": history, "wall_time_s": round(elapsed, 1),
-              "measured_on": f"{len(val_x)} rows of held-out prompts"}
+              "measured_on": f"{len(val_x)} rows of " + ("held-out prompts" if is_val.any() else "the training prompts (none held out)")}
     sae.save_model(out)
     shutil.copy(src / "train_config.json", out / "train_config.json")
     (out / LATENTS_FILE).write_text(json.dumps(bound, indent=1))
