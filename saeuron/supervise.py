@@ -158,7 +158,7 @@ def supervise(cfg: SuperviseConfig, progress: bool = True) -> dict:
     from .train import validation_prompt_mask
 
     src, out = Path(cfg.sae), Path(cfg.out)
-    if cfg.weight < 0 or cfg.epochs < 1 or cfg.lr <= 0 or cfg.batch_size < 1:
+    if not (cfg.weight >= 0 and cfg.epochs >= 1 and cfg.lr > 0 and cfg.batch_size >= 1):  # NaN fails too
         raise UserError(f"need weight >= 0, epochs >= 1, lr > 0, batch size >= 1; got {cfg.weight}, {cfg.epochs}, {cfg.lr}, {cfg.batch_size}")
     if src.resolve() == out.resolve():
         raise UserError(f"the output folder {str(out)!r} is the SAE folder itself; give a new folder")
@@ -252,16 +252,16 @@ def _cmd_supervise(args) -> None:
 def register_cli(sub) -> None:
     """Add `supervise`."""
     from .cli import command_help
-    from .cli_args import add_device_args
+    from .cli_args import POSITIVE_INT, SEED, add_device_args, bounded
 
     p = sub.add_parser("supervise", help=command_help("supervise"))
     p.add_argument("--sae", required=True, help="the SAE folder to fine-tune (`saeuron train`'s)")
     p.add_argument("--cache", required=True, help="the labelled activation store of its hookpoint")
     p.add_argument("--out", required=True, help="a new folder for the supervised SAE")
-    p.add_argument("--weight", type=float, default=1.0, help="weight of the concept cross-entropy (default 1)")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training rows (default 20)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0, help="batch order")
+    p.add_argument("--weight", type=bounded(float, 0, 1000), default=1.0, help="weight of the concept cross-entropy (default 1)")
+    p.add_argument("--epochs", type=bounded(int, 1, 10_000), default=20, help="passes over the training rows (default 20)")
+    p.add_argument("--lr", type=bounded(float, 0, 10, lo_open=True), default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4096)
+    p.add_argument("--seed", type=SEED, default=0, help="batch order")
     add_device_args(p)
     p.set_defaults(func=_cmd_supervise)

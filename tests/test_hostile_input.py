@@ -145,6 +145,13 @@ case("not both", "generate", *P, "--unlearned", "UNLEARNED", "--sae", "SAE", "--
 case("bad target 'style:lava'", "evaluate", "--unlearned", "UNLEARNED", "--targets", "style:lava", "--out", "OUT/r.json")
 case("is SAeUron's", "evaluate", "--unlearned", "UNLEARNED", "--multiplier", "-5", "--out", "OUT/r.json")
 case("give --sae DIR", "evaluate", "--targets", "style:neon", "--out", "OUT/r.json")
+for flag, value, message in (("--lr", "nan", "not a finite number"), ("--lr", "0", "out of range"), ("--epochs", "0", "out of range"),
+                             ("--weight", "-1", "out of range"), ("--batch-size", "0", "out of range"), ("--seed", "-1", "out of range")):
+    case(message, "supervise", "--sae", "SAE", "--cache", "STORE", "--out", "OUT/s", flag, value)
+case("MISSING.h5", "supervise", "--sae", "SAE", "--cache", "MISSING.h5", "--out", "OUT/s")
+case("cannot load the sae-lens SAE", "supervise", "--sae", "TRUNCATED_SAE", "--cache", "STORE", "--out", "OUT/s")
+case("not a readable HDF5 file", "supervise", "--sae", "SAE", "--cache", "GARBAGE.h5", "--out", "OUT/s")
+case("not a saeuron concept-score file", "supervise", "--sae", "FOREIGNSCORES_SAE", "--cache", "STORE", "--out", "OUT/s")
 
 
 @pytest.fixture(scope="module")
