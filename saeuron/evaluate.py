@@ -261,7 +261,7 @@ def tune_target(pipe, site, target: str, seeds: Sequence[int], config: SamplerCo
     import itertools
 
     answers = tuning_answer_set(target, seeds, retain_per_concept, concept_set)
-    if site.selection == "assigned":  # one bound latent whatever the percentile (SAEmnesia searches the multiplier)
+    if getattr(site, "selection", None) == "assigned":  # one bound latent whatever the percentile (SAEmnesia searches the multiplier)
         grid = {**grid, "percentile": tuple(grid.get("percentile", TUNING_GRID["percentile"]))[:1]}
     tried = []
     for values in itertools.product(*(grid.get(k, TUNING_GRID[k]) for k in TUNING_GRID)):
