@@ -30,6 +30,7 @@ import torch
 
 from .cache.reader import read_rows, row_provenance
 from .cache.store import check_hookpoint, open_store
+from .concept_set import Concept
 from .errors import UserError, read_json
 from .pipelines import CFG_BRANCHES
 
@@ -82,8 +83,9 @@ def _row_labels(cache: str, hookpoint: str, concepts: list[str]) -> tuple[dict[s
     prompts = open_store(cache).prompts
     cond = prov["branch"] == CFG_BRANCHES.index("cond")
     labels = {}
-    for kind in dict.fromkeys(c.split(":", 1)[0] for c in concepts):
-        values = [c.split(":", 1)[1] for c in concepts if c.split(":", 1)[0] == kind]
+    parsed = [Concept.parse(c) for c in concepts]
+    for kind in dict.fromkeys(c.kind for c in parsed):
+        values = [c.value for c in parsed if c.kind == kind]
         per_prompt = np.array([values.index(p[kind]) if p.get(kind) in values else -1 for p in prompts], dtype=np.int64)
         labels[kind] = np.where(cond, per_prompt[prov["prompt"]], -1)
     return labels, prov["prompt"]
@@ -177,7 +179,7 @@ def supervise(cfg: SuperviseConfig, progress: bool = True) -> dict:
     label_arrays, prompt_of_row = _row_labels(cfg.cache, hookpoint, scores.concepts)
     if all((a < 0).all() for a in label_arrays.values()):
         raise UserError(f"no conditional row of {cfg.cache!r} carries a label of the concepts {', '.join(scores.concepts)}")
-    heads = {k: torch.tensor([bound[c] for c in scores.concepts if c.startswith(k + ":")], device=device) for k in label_arrays}
+    heads = {k: torch.tensor([bound[scores.concepts[r]] for r in scores.kind_rows(k)], device=device) for k in label_arrays}
     is_val = validation_prompt_mask(prompt_of_row, cfg.val_fraction)
     val_use = np.zeros(len(is_val), bool)  # at most val_rows held-out rows, spread over the store
     held_out = np.nonzero(is_val if is_val.any() else ~is_val)[0]
@@ -246,7 +248,7 @@ def _cmd_supervise(args) -> None:
     b, a = record["before"], record["after"]
     print(f"supervised SAE -> {out}: FVU {b['fvu']} -> {a['fvu']}; "
           + "; ".join(f"{k} accuracy {b[f'{k}_accuracy']} -> {a[f'{k}_accuracy']}" for k in
-                      dict.fromkeys(c.split(':')[0] for c in record["concept_latents"])))
+                      dict.fromkeys(Concept.parse(c).kind for c in record["concept_latents"])))
 
 
 def register_cli(sub) -> None:

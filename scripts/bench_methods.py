@@ -85,14 +85,13 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
     kind = Concept.parse(target).kind
     hookpoint = STYLE_HOOKPOINT if kind == "style" else OBJECT_HOOKPOINT
     _, selection, grids = VARIANTS[name]
-    sae = run / "saes" / hookpoint
+    # with the assigned selection: the run's SAE after concept supervision (`supervised_saes`), its bound latent alone
+    sae = run / ("supervised" if selection == "assigned" else "saes") / hookpoint
     tune_seeds = parse_seeds(TUNE_SEEDS[name]) if name in TUNE_SEEDS else tune_seeds
     site = load_ablation_site(sae, pipe, selection)
     width = site.scores.scores.shape[-1]
     rule = grids[kind]
-    if selection == "assigned":  # the run's SAE after concept supervision (`supervised_saes`), its bound latent alone
-        sae = run / "supervised" / hookpoint
-        site = load_ablation_site(sae, pipe, selection)
+    if selection == "assigned":
         rule = {**paper_grid(width), "percentile": (99.5,)}  # SAEmnesia searches the multiplier only (-1 ... -30)
     changes = GRID_CHANGES.get(name, {}).get(kind, {})
     if rule in ("fixed", "paper-fixed"):
