@@ -185,28 +185,39 @@ def start_step(start: float, n_steps: int) -> int:
     return int(round(start * n_steps))
 
 
-def _apply_latent_edit(sae, acts_btd: torch.Tensor, edit) -> torch.Tensor:
-    """x + decode(edit(f)) - decode(f), computed in the SAE's dtype."""
+def _linear_decoder(sae) -> bool:
+    """Whether the SAE decodes as f @ W_dec + b_dec (sae-lens without output normalisation or head reshaping), so that
+    a change of a few latents decodes through their rows alone."""
+    cfg = sae.cfg
+    return getattr(cfg, "normalize_activations", "none") == "none" and getattr(cfg, "reshape_activations", "none") == "none"
+
+
+def _edit_latents(sae, acts_btd: torch.Tensor, ids: torch.Tensor, edit) -> torch.Tensor:
+    """x + decode(f') - decode(f), where f' is f with the latents `ids` set to `edit(f[..., ids])`, in the SAE's dtype.
+    With a linear decoder only the decoder rows of `ids` are used (the ablation's cost is then the encoder alone)."""
     x = acts_btd.to(sae.W_dec.dtype)
     f = sae.encode(x)
-    f_new = edit(f)
-    return acts_btd + (sae.decode(f_new) - sae.decode(f)).to(acts_btd.dtype)
+    ids = ids.to(f.device)
+    sel = f[..., ids]
+    change = edit(sel) - sel
+    if _linear_decoder(sae):
+        rows = sae.W_dec[ids]
+        if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+            change = change / rows.norm(dim=-1)
+        delta = change @ rows
+    else:
+        edited = f.clone()
+        edited[..., ids] = sel + change
+        delta = sae.decode(edited) - sae.decode(f)
+    return acts_btd + delta.to(acts_btd.dtype)
 
 
 def ablate_acts(sae, acts_btd: torch.Tensor, step: StepAblation | None) -> torch.Tensor:
     """SAeUron's ablation on token vectors: where a selected feature fires above its threshold, scale it."""
     if step is None or len(step.features) == 0:
         return acts_btd
-
-    def edit(f):
-        ids = step.features.to(f.device)
-        sel = f[..., ids]
-        new = torch.where(sel > step.threshold.to(f), sel * step.scale.to(f), sel)
-        out = f.clone()
-        out[..., ids] = new
-        return out
-
-    return _apply_latent_edit(sae, acts_btd, edit)
+    threshold, scale = step.threshold.to(sae.W_dec), step.scale.to(sae.W_dec)
+    return _edit_latents(sae, acts_btd, step.features, lambda sel: torch.where(sel > threshold, sel * scale, sel))
 
 
 def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: str = "add") -> torch.Tensor:
@@ -216,12 +227,7 @@ def steer_acts(sae, acts_btd: torch.Tensor, feature: int, value: float, mode: st
     if mode == "add":
         return acts_btd + (value * sae.W_dec[feature]).to(acts_btd.dtype)
     if mode == "scale":
-        def edit(f):
-            out = f.clone()
-            out[..., feature] = f[..., feature] * value
-            return out
-
-        return _apply_latent_edit(sae, acts_btd, edit)
+        return _edit_latents(sae, acts_btd, torch.tensor([feature]), lambda sel: sel * value)
     raise UserError(f"unknown steering mode {mode!r}; valid: add, scale")
 
 

@@ -325,7 +325,7 @@ def stored_settings(run: str | Path, hookpoint: str, sae_dir: str | Path | None 
 
     In order of precedence: the SAE folder's tuned.json (`saeuron evaluate --tune-seeds`), then
     the run's evaluations of this hookpoint (eval/*.json: the demo writes one per target, with
-    the fixed setting it used). Each setting holds the keys of `ablate.SETTING_DEFAULTS`, the
+    the fixed setting it used; an unlearned-model folder's evaluation counts for the first site of a target). Each setting holds the keys of `ablate.SETTING_DEFAULTS`, the
     selection and firing rules it was made with, and `source` (a short phrase for the page).
     """
     from .ablate import SETTING_DEFAULTS, TUNED_FILE
@@ -343,9 +343,12 @@ def stored_settings(run: str | Path, hookpoint: str, sae_dir: str | Path | None 
     for path in reversed(files):  # per-target files win over the merged results.json
         data = _read_json_or_empty(path)
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
-        if config.get("hookpoint") != hookpoint or not isinstance(data.get("targets"), dict):
+        if config.get("hookpoint") not in (hookpoint, None) or not isinstance(data.get("targets"), dict):
             continue
         for target, record in data["targets"].items():
+            # an unlearned-model folder's evaluation names each target's sites, the first of which its setting is of
+            if config.get("hookpoint") is None and str(record.get("hookpoint", "")).split(",")[0] != hookpoint:
+                continue
             s = setting({**record, "selection": config.get("selection"), "firing": config.get("firing")},
                         f"the run's evaluation ({path.relative_to(run)})")
             if s is not None:

@@ -211,11 +211,12 @@ def _vae_input(vae, latents: torch.Tensor, family: str) -> torch.Tensor:
     return latents * std / vae.config.scaling_factor + mean
 
 
-def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents to images in [0, 1] (float, on the CPU), as the pipeline's own call decodes them."""
+def _decode(pipe, latents: torch.Tensor, keep_device: bool = False) -> torch.Tensor:
+    """Latents to images in [0, 1] (float, on the CPU unless `keep_device`), as the pipeline's own call decodes them."""
     family = model_family(pipe)
+    moved = (lambda x: x) if keep_device else (lambda x: x.cpu())
     if family == "minicanvas":
-        return ((latents.float().clamp(-1, 1) + 1) / 2).cpu()
+        return moved((latents.float().clamp(-1, 1) + 1) / 2)
     vae = pipe.vae
     # only the SDXL pipeline upcasts a float16 VAE that asks for it (SDXL's overflows); SD 1.x/2.x decode in the model's dtype
     upcast = family == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
@@ -227,13 +228,12 @@ def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
         if upcast:
             vae.to(torch.float16)
     # denormalized in the decoded dtype before the cast to float, as diffusers' image processor does
-    return (images * 0.5 + 0.5).clamp(0, 1).float().cpu()
+    return moved((images * 0.5 + 0.5).clamp(0, 1).float())
 
 
 StepCallback = Callable[[int, int], None]
 
 
-@torch.no_grad()
 def sample(
     pipe,
     prompts: Sequence[str],
@@ -243,6 +243,7 @@ def sample(
     on_batch: Callable[[int], None] | None = None,
     on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
     decode: bool = True,
+    grad: bool = False,
 ) -> torch.Tensor:
     """Generate one image per (prompt, seed) pair with DDIM and CFG: N x 3 x H x W in [0, 1].
 
@@ -250,7 +251,15 @@ def sample(
     `on_step(step_index, timestep)` before each UNet call; `on_latents(step_index, timestep,
     x_t)` with the batch's latents before each step (unlearning methods collect trajectories
     with it). `decode=False` returns the final latents (on the model's device) instead of images.
+    `grad=True` keeps the autograd graph through every step, so that a judge's verdict can be
+    attributed to hooked activations; the images then stay on the model's device.
     """
+    with torch.set_grad_enabled(grad):
+        return _sample(pipe, prompts, seeds, config, on_step, on_batch, on_latents, decode, grad)
+
+
+def _sample(pipe, prompts, seeds, config, on_step, on_batch, on_latents, decode, grad) -> torch.Tensor:
+    """`sample`'s loop, under the grad mode its caller set."""
     prompts = list(prompts)
     seeds = [int(s) for s in seeds]
     if len(prompts) != len(seeds):
@@ -286,7 +295,7 @@ def sample(
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps = _guide(pipe.unet(model_in, t, **cond).sample, config.cfg, cond_only)
             latents = scheduler.step(eps, t, latents).prev_sample
-        out.append(_decode(pipe, latents) if decode else latents)
+        out.append(_decode(pipe, latents, keep_device=grad) if decode else latents)
     return torch.cat(out)
 
 

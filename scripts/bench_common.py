@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saeuron.demo import STYLE_HOOKPOINT, DemoConfig, build_run
+from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run
 from saeuron.evaluate import paper_percentile
+
+BENCH_HOOKPOINTS = (STYLE_HOOKPOINT, OBJECT_HOOKPOINT)  # the bench's two SAE sites (the demo adds cross-attention sites)
 
 
 def parse_methods(text: str, valid: list[str]) -> list[str]:
@@ -21,7 +23,7 @@ def saeuron_paper_style(pipe, run: Path) -> tuple[str, list[str]]:
     step at this SAE's width, multiplier -1."""
     from saeuron.concepts import ConceptScores
 
-    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe)  # both SAEs, as bench_methods
+    build_run(run, DemoConfig(cache_seeds=(0, 1, 2, 3), eval_seeds=(300, 301, 302, 303, 304)), pipe, BENCH_HOOKPOINTS)  # as bench_methods
     sae = run / "saes" / STYLE_HOOKPOINT
     width = ConceptScores.load(sae / "concepts.h5").scores.shape[-1]
     return str(sae), [f"percentile={paper_percentile(1, width)}", "multiplier=-1", "dominance=0"]

@@ -42,7 +42,7 @@ from saeuron.methods.sae_ablation import record_sites  # noqa: E402
 from saeuron.supervise import RECORD_FILE, SuperviseConfig, supervise  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import attack_cells  # noqa: E402
+from bench_common import BENCH_HOOKPOINTS, attack_cells  # noqa: E402
 
 TARGETS = ["style:neon", "style:ocean", "style:lava", "object:star", "object:ring", "object:heart"]
 # name -> (method, SAeUron's selection rule, its setting per kind: "paper-fixed" (the paper's style setting: 1 feature a
@@ -349,7 +349,7 @@ def main():
         run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
         return
     if any(VARIANTS[n][0] == "saeuron" for n in names):
-        build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe)
+        build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe, BENCH_HOOKPOINTS)
     if any(VARIANTS[n][1] == "assigned" for n in names):
         supervised_saes(run)
     jobs = [(n, t) for n in sorted(names, key=lambda n: COST_ORDER.index(n) if n in COST_ORDER else len(COST_ORDER)) for t in targets

@@ -28,6 +28,7 @@ from saeuron.ablate import FIRING_RULES, SELECTIONS, SETTING_DEFAULTS, load_abla
 from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, full_answer_set, generate_answer_set, markdown_report, parse_grid, parse_target_spec, run_evaluation  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
+from bench_common import BENCH_HOOKPOINTS  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def main():
     if args.time_only:
         print(json.dumps({"ablated/plain generation time": round(time_ratio(pipe, args.run, sampler), 3)}))
         return
-    build_run(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))), pipe)
+    build_run(args.run, DemoConfig(cache_seeds=tuple(parse_seeds(args.cache_seeds)), eval_seeds=tuple(parse_seeds(args.eval_seeds))), pipe, BENCH_HOOKPOINTS)
     eval_seeds, tune_seeds = parse_seeds(args.eval_seeds), parse_seeds(args.tune_seeds)
     dominances = parse_grid(None, None, args.tune_dominances)["dominance"]
     base_images = generate_answer_set(pipe, full_answer_set(eval_seeds), sampler)  # shared by every part

@@ -39,6 +39,17 @@ def test_ablation_keeps_reconstruction_error_and_changes_only_selected_direction
         assert not torch.allclose(out, x)
 
 
+def test_ablation_decodes_only_the_changed_latents_as_the_full_decoder_does(sae, monkeypatch):
+    import saeuron.ablate as ablate
+
+    with torch.no_grad():
+        x = torch.randn(3, 7, 16)
+        step = StepAblation(torch.tensor([1, 5, 9, 30]), torch.tensor([-3.0, -1.0, -10.0, -0.5]), torch.tensor([0.0, 0.1, 0.0, 0.2]))
+        fast = ablate_acts(sae, x, step)
+        monkeypatch.setattr(ablate, "_linear_decoder", lambda sae: False)  # x + decode(f') - decode(f), in full
+        torch.testing.assert_close(fast, ablate_acts(sae, x, step), atol=1e-5, rtol=1e-5)
+
+
 def test_steering(sae):
     x = torch.randn(1, 4, 16)
     torch.testing.assert_close(steer_acts(sae, x, 3, 2.0, "add"), x + 2.0 * sae.W_dec[3])

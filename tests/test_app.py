@@ -177,14 +177,20 @@ def test_stored_settings(app_run, tmp_path):
 
     assert stored_settings(app_run, HP, app_run / "saes" / HP) == {}
     run = with_stored_settings(app_run, tmp_path / "run")
+    (run / "eval" / "object-ring.json").write_text(json.dumps(  # an unlearned folder's evaluation: sites per target
+        {"targets": {"object:ring": {"percentile": 97.0, "multiplier": -4.0, "hookpoint": f"{HP},elsewhere"},
+                     "object:heart": {"percentile": 91.0, "multiplier": -2.0, "hookpoint": f"elsewhere,{HP}"}},
+         "config": {"method": "saeuron", "selection": "saeuron", "firing": "mean"}}))
     stored = stored_settings(run, HP, run / "saes" / HP)
-    assert set(stored) == {"style:neon", "object:star"}  # not the other hookpoint's ring
-    neon, star = stored["style:neon"], stored["object:star"]
+    # not other.json's ring (another hookpoint), nor the heart of an unlearned folder whose first site is elsewhere
+    assert set(stored) == {"style:neon", "object:star", "object:ring"}
+    neon, star, ring = stored["style:neon"], stored["object:star"], stored["object:ring"]
+    assert (ring["percentile"], ring["multiplier"]) == (97.0, -4.0) and "eval/object-ring.json" in ring["source"]
     assert (neon["percentile"], neon["multiplier"], neon["dominance"]) == (95.5, -7.0, 0.0)
     assert "eval/style-neon.json" in neon["source"]
     assert (star["percentile"], star["multiplier"], star["dominance"], star["start"]) == (96.0, -5.0, 1.5, 0.5) and "tuned" in star["source"]
     assert neon["start"] == 0.0  # a record without the setting: SAeUron's, every step
-    default = setting_for(stored, "object:ring")
+    default = setting_for(stored, "object:heart")
     assert {k: default[k] for k in SETTING_DEFAULTS} == SETTING_DEFAULTS and default["source"] == "default"
     # tuned.json wins over the evaluation
     (run / "saes" / HP / "tuned.json").write_text(json.dumps({"style:neon": {"percentile": 97.0, "multiplier": -2.0}}))

@@ -104,6 +104,7 @@ case("disjoint", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--seeds
 case("evaluation seeds [1] were also used to compute the concept scores", "evaluate", "--sae", "SAE", "--targets", "style:neon",
      "--seeds", "1-2", "--percentile", "99", "--multiplier", "-5", "--dominance", "0", "--out", "OUT/r.json")
 case("the existing store", "demo", "--out", "REUSED_RUN", "--cache-seeds", "5", "--eval-seeds", "1")  # the store's seeds, not the flags
+case("has no activations of down_blocks.1", "demo", "--out", "REUSED_RUN", "--eval-seeds", "300")  # an older demo's store
 case("evaluation seeds [0] overlap", "demo", "--out", "OUT/demo", "--cache-seeds", "0", "--eval-seeds", "0,200")
 case("bad tuning multiplier list", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--tune-multipliers", "5", "--out", "OUT/r.json")
 case("bad tuning start list", "evaluate", "--sae", "SAE", "--targets", "style:neon", "--tune-starts", "0,1.5", "--out", "OUT/r.json")
