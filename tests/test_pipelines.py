@@ -36,6 +36,18 @@ def test_generation_is_deterministic_per_seed(minicanvas_pipe):
     torch.testing.assert_close(alone[0], a[0], atol=1e-4, rtol=0)
 
 
+def test_sampling_with_grad_differentiates_through_every_step_and_gives_the_same_images(minicanvas_pipe):
+    from saeuron.hooks import intervene
+
+    gain = torch.ones((), requires_grad=True)  # scales one block's output: d image / d gain flows through all steps
+    with intervene(minicanvas_pipe, "up_blocks.1.attentions.1", lambda acts, step, t: acts * gain) as hook:
+        images = sample(minicanvas_pipe, ["a star in neon style"], [0], FAST, on_step=hook.on_step, grad=True)
+        (grad,) = torch.autograd.grad(images.sum(), gain)
+        plain = sample(minicanvas_pipe, ["a star in neon style"], [0], FAST, on_step=hook.on_step)
+    assert images.requires_grad and grad != 0 and not plain.requires_grad
+    torch.testing.assert_close(images.detach(), plain)
+
+
 def test_pipeline_save_load_round_trip(minicanvas_pipe, tmp_path):
     minicanvas_pipe.save_pretrained(tmp_path / "copy")
     loaded = load_pipeline(tmp_path / "copy")
