@@ -15,7 +15,7 @@ import streamlit as st
 from saeuron.app import (
     build_plan, feature_from_selection, feature_stats, feature_table, generate_in_chunks, grid_spec, grid_summary,
     inspect_run, judge_marks, labelled_grid, overlay, parse_feature_ids, run_dir_from_argv, sae_capture, sample_steered,
-    setting_for, spatial_map, stored_settings, unlearned_folders, upscale,
+    setting_for, sidebar_hookpoints, spatial_map, stored_settings, unlearned_folders, upscale,
 )
 from saeuron.errors import UserError
 
@@ -120,7 +120,7 @@ if info.cache is not None:
     except (UserError, OSError, KeyError) as err:
         st.error(f"cannot read the activation cache {str(info.cache)!r}: {err}")
 
-hookpoints = sorted(info.saes)
+hookpoints = sidebar_hookpoints(info)
 hookpoint = st.sidebar.selectbox("Hookpoint (SAE)", hookpoints, key="hookpoint") if hookpoints else None
 model = (store.config.get("model", "minicanvas") if store else "minicanvas")
 cache_steps = int(store.config.get("steps", 25)) if store else 25

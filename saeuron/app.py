@@ -30,7 +30,7 @@ class RunInfo:
 
     run: Path
     cache: Path | None = None
-    saes: dict[str, Path] = field(default_factory=dict)  # hookpoint -> SAE folder
+    saes: dict[str, Path] = field(default_factory=dict)  # hookpoint -> SAE folder (see `hookpoints`)
     concepts: dict[str, Path] = field(default_factory=dict)  # hookpoint -> concepts.h5
     eval_results: Path | None = None
     report: Path | None = None
@@ -59,6 +59,12 @@ def _sae_hookpoint(folder: Path) -> str:
 def sae_capture(folder: str | Path) -> str:
     """The signal an SAE folder was trained on: 'output' (default) or 'residual'."""
     return str(_train_config(Path(folder)).get("capture", "output"))
+
+
+def sidebar_hookpoints(info: RunInfo) -> list[str]:
+    """The run's SAE hookpoints as the sidebar lists them: block outputs before their sub-modules (e.g. the demo's
+    cross-attention SAEs), so that a block's SAE is the one a page opens on."""
+    return sorted(info.saes, key=lambda hp: (hp.count("."), hp))
 
 
 def inspect_run(run: str | Path) -> RunInfo:

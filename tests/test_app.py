@@ -116,6 +116,14 @@ def test_inspect_run_finds_pieces(app_run, tmp_path):
     assert any("saeuron score" in m for m in msgs) and any("saeuron cache" in m for m in msgs)
 
 
+def test_sidebar_lists_block_saes_before_their_sub_modules():
+    from saeuron.app import RunInfo, sidebar_hookpoints
+
+    names = ["down_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.2", "up_blocks.0.attentions.1"]
+    info = RunInfo(run=Path("."), saes={hp: Path(hp) for hp in names})
+    assert sidebar_hookpoints(info) == ["up_blocks.0.attentions.1", "up_blocks.1.attentions.2", names[0]]
+
+
 def test_feature_stats_match_direct_encoding(app_run):
     from saeuron.app import feature_stats, feature_table, spatial_map
     from saeuron.cache import open_store, read_rows, row_provenance
