@@ -30,7 +30,7 @@ class RunInfo:
 
     run: Path
     cache: Path | None = None
-    saes: dict[str, Path] = field(default_factory=dict)  # hookpoint -> SAE folder (see `hookpoints`)
+    saes: dict[str, Path] = field(default_factory=dict)  # hookpoint -> SAE folder (listed by `sidebar_hookpoints`)
     concepts: dict[str, Path] = field(default_factory=dict)  # hookpoint -> concepts.h5
     eval_results: Path | None = None
     report: Path | None = None
@@ -331,8 +331,9 @@ def stored_settings(run: str | Path, hookpoint: str, sae_dir: str | Path | None 
 
     In order of precedence: the SAE folder's tuned.json (`saeuron evaluate --tune-seeds`), then
     the run's evaluations of this hookpoint (eval/*.json: the demo writes one per target, with
-    the fixed setting it used; an unlearned-model folder's evaluation counts for the first site of a target). Each setting holds the keys of `ablate.SETTING_DEFAULTS`, the
-    selection and firing rules it was made with, and `source` (a short phrase for the page).
+    the fixed setting it used; an unlearned-model folder's evaluation counts for each target's
+    first site). Each setting holds the keys of `ablate.SETTING_DEFAULTS`, the selection and
+    firing rules it was made with, and `source` (a short phrase for the page).
     """
     from .ablate import SETTING_DEFAULTS, TUNED_FILE
 

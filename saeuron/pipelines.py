@@ -211,12 +211,11 @@ def _vae_input(vae, latents: torch.Tensor, family: str) -> torch.Tensor:
     return latents * std / vae.config.scaling_factor + mean
 
 
-def _decode(pipe, latents: torch.Tensor, keep_device: bool = False) -> torch.Tensor:
-    """Latents to images in [0, 1] (float, on the CPU unless `keep_device`), as the pipeline's own call decodes them."""
+def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to images in [0, 1] (float, on the latents' device), as the pipeline's own call decodes them."""
     family = model_family(pipe)
-    moved = (lambda x: x) if keep_device else (lambda x: x.cpu())
     if family == "minicanvas":
-        return moved((latents.float().clamp(-1, 1) + 1) / 2)
+        return (latents.float().clamp(-1, 1) + 1) / 2
     vae = pipe.vae
     # only the SDXL pipeline upcasts a float16 VAE that asks for it (SDXL's overflows); SD 1.x/2.x decode in the model's dtype
     upcast = family == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
@@ -228,7 +227,7 @@ def _decode(pipe, latents: torch.Tensor, keep_device: bool = False) -> torch.Ten
         if upcast:
             vae.to(torch.float16)
     # denormalized in the decoded dtype before the cast to float, as diffusers' image processor does
-    return moved((images * 0.5 + 0.5).clamp(0, 1).float())
+    return (images * 0.5 + 0.5).clamp(0, 1).float()
 
 
 StepCallback = Callable[[int, int], None]
@@ -254,12 +253,6 @@ def sample(
     `grad=True` keeps the autograd graph through every step, so that a judge's verdict can be
     attributed to hooked activations; the images then stay on the model's device.
     """
-    with torch.set_grad_enabled(grad):
-        return _sample(pipe, prompts, seeds, config, on_step, on_batch, on_latents, decode, grad)
-
-
-def _sample(pipe, prompts, seeds, config, on_step, on_batch, on_latents, decode, grad) -> torch.Tensor:
-    """`sample`'s loop, under the grad mode its caller set."""
     prompts = list(prompts)
     seeds = [int(s) for s in seeds]
     if len(prompts) != len(seeds):
@@ -277,25 +270,27 @@ def _sample(pipe, prompts, seeds, config, on_step, on_batch, on_latents, decode,
     cond_only = config.cfg <= 1 and model_family(pipe) != "minicanvas"
     device = pipe.unet.device
     out = []
-    for start in range(0, len(prompts), config.batch_size):
-        if on_batch is not None:
-            on_batch(start)
-        batch_prompts = prompts[start : start + config.batch_size]
-        cond = _unet_conditions(pipe, batch_prompts, height, width)
-        scheduler = copy.deepcopy(pipe.scheduler)
-        scheduler.set_timesteps(config.steps, device=device)
-        # noise in the text embeddings' dtype, which is what the pipelines pass to randn_tensor
-        noise = initial_latents(pipe, seeds[start : start + config.batch_size], height, width, cond["encoder_hidden_states"].dtype)
-        latents = noise * scheduler.init_noise_sigma
-        for i, t in enumerate(scheduler.timesteps):
-            if on_latents is not None:
-                on_latents(i, int(t), latents)
-            if on_step is not None:
-                on_step(i, int(t))
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps = _guide(pipe.unet(model_in, t, **cond).sample, config.cfg, cond_only)
-            latents = scheduler.step(eps, t, latents).prev_sample
-        out.append(_decode(pipe, latents, keep_device=grad) if decode else latents)
+    with torch.set_grad_enabled(grad):
+        for start in range(0, len(prompts), config.batch_size):
+            if on_batch is not None:
+                on_batch(start)
+            batch_prompts = prompts[start : start + config.batch_size]
+            cond = _unet_conditions(pipe, batch_prompts, height, width)
+            scheduler = copy.deepcopy(pipe.scheduler)
+            scheduler.set_timesteps(config.steps, device=device)
+            # noise in the text embeddings' dtype, which is what the pipelines pass to randn_tensor
+            noise = initial_latents(pipe, seeds[start : start + config.batch_size], height, width, cond["encoder_hidden_states"].dtype)
+            latents = noise * scheduler.init_noise_sigma
+            for i, t in enumerate(scheduler.timesteps):
+                if on_latents is not None:
+                    on_latents(i, int(t), latents)
+                if on_step is not None:
+                    on_step(i, int(t))
+                model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+                eps = _guide(pipe.unet(model_in, t, **cond).sample, config.cfg, cond_only)
+                latents = scheduler.step(eps, t, latents).prev_sample
+            images = _decode(pipe, latents) if decode else latents
+            out.append(images.cpu() if decode and not grad else images)  # images to the CPU, unless a graph goes on
     return torch.cat(out)
 
 
