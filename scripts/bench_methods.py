@@ -12,7 +12,8 @@ objects tuned over 1-3 features a step x multipliers -1 ... -30), with this proj
 (`saeuron`: styles at percentile 99.7, ~3 features, -1; objects over 99.5/99.7/99.9 x -1/-5/-10/-20)
 and as its best variant (`saeuron-specific`: the `specific` selection, styles with a minimum
 dominance tuned per style); `saeuron-paper-late` is the paper's with the first fifth of the denoising
-steps left unablated for objects, and `saeuron-paper-t5` the paper's tuned on 5 seeds. `saemnesia` fine-tunes
+steps left unablated for objects, `saeuron-paper-t5` the paper's tuned on 5 seeds, and `saeuron-paper-xattn` the paper's
+with each object also ablated on SAEs of the five 16x16 cross-attention outputs, as the demo does. `saemnesia` fine-tunes
 the run's two SAEs with concept labels (`saeuron supervise`, SAEmnesia) and ablates each target's bound latent, its
 multiplier tuned over the paper's -1 ... -30 on the tuning seeds. Every step resumes where it stopped.
 """
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from saeuron.cache import count_rows  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
-from saeuron.demo import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
+from saeuron.demo import OBJECT_HOOKPOINT, OBJECT_XATTN_HOOKPOINTS, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
 from saeuron.ablate import SETTING_DEFAULTS, load_ablation_site  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
@@ -53,6 +54,7 @@ VARIANTS = {
     "saeuron-paper-t5": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-late": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-dom2": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
+    "saeuron-paper-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron": ("saeuron", "saeuron", {"style": "fixed", "object": TUNING_GRID}),
     "saemnesia": ("saeuron", "assigned", {"style": "supervised-grid", "object": "supervised-grid"}),
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
@@ -67,6 +69,14 @@ TUNE_SEEDS = {"saeuron-paper-t5": "100-104"}
 # saeuron-paper-dom2 is saeuron-paper whose object features must be fired at least twice as strongly by the target as
 # by any other concept (minimum dominance 2: on the demo's SAE it lifted the star from 68 to 88 on seeds 200-204)
 GRID_CHANGES = {"saeuron-paper-late": {"object": {"start": (0.2,)}}, "saeuron-paper-dom2": {"object": {"dominance": (2.0,)}}}
+# variants that ablate a kind at more sites than the paper's one block, each at a fixed setting: saeuron-paper-xattn is
+# saeuron-paper whose objects are also ablated at the outputs of the five 16x16 cross-attentions, on SAEs built as the
+# demo builds them (run/xattn: cache seed 0, 256 latents from 400k tokens) at the demo's setting there (chosen for the
+# star on development seeds 275-279 and 285-294; benchmarks/RESULTS.md, session 22); its object block keeps
+# saeuron-paper's tuned setting (the same tuning record)
+EXTRA_SITES = {"saeuron-paper-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, DemoConfig().xattn_setting)}}
+TUNED_AS = {"saeuron-paper-xattn": "saeuron-paper"}
+XATTN_RUN = "xattn"  # the run's subfolder of the cross-attention SAEs (its own store: the bench's store has two hookpoints)
 PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
     "saeuron-paper": (95.80, 99.10, 99.40, 87.16, 85.57, 74.14), "esd-x": (98.58, 80.97, 93.96, 92.15, 55.78, 44.23),
     "uce": (98.40, 60.22, 47.71, 94.31, 39.35, 34.67), "ca": (60.82, 96.01, 92.70, 46.67, 90.11, 81.97),
@@ -78,10 +88,11 @@ def slug(target: str) -> str:
     return target.replace(":", "-")
 
 
-def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int], sampler) -> tuple[str, list[str]]:
-    """The SAE folder and the explicit settings of SAeUron's unlearned folder for the target: a fixed setting, or the
-    best of the variant's grid on the tuning seeds alone (SAeUron's per-target search, as `evaluate --tune-seeds`),
-    recorded with every grid point in run/tuning/<variant>/<target>.json (one file per job: jobs run in parallel)."""
+def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int], sampler) -> tuple[list[str], list[dict], list[str]]:
+    """SAeUron's unlearned folder for the target: its SAE sites (DIR@KIND), each site's {target: setting} and the folder's
+    settings. The setting at the kind's block is fixed, or the best of the variant's grid on the tuning seeds alone
+    (SAeUron's per-target search, as `evaluate --tune-seeds`), recorded with every grid point in
+    run/tuning/<variant>/<target>.json (one file per job: jobs run in parallel); EXTRA_SITES add their fixed ones."""
     kind = Concept.parse(target).kind
     hookpoint = STYLE_HOOKPOINT if kind == "style" else OBJECT_HOOKPOINT
     _, selection, grids = VARIANTS[name]
@@ -98,14 +109,20 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
         best = {"percentile": 99.7 if rule == "fixed" else paper_percentile(1, width), "multiplier": -1.0, "dominance": 0.0,
                 **{k: v[0] for k, v in changes.items()}}
     else:
-        record = run / "tuning" / name / f"{slug(target)}.json"
+        record = run / "tuning" / TUNED_AS.get(name, name) / f"{slug(target)}.json"
         if not record.exists():
             grid = {**(paper_grid(width) if rule == "paper-grid" else rule), **changes}
             tuned = tune_target(pipe, site, target, tune_seeds, sampler, grid)
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps({**tuned, **_tuning_record(site, tune_seeds, sampler, grid, default_judge(), None)}, indent=1))
         best = json.loads(record.read_text())
-    return str(sae), [f"{k}={best.get(k, default)}" for k, default in SETTING_DEFAULTS.items()] + [f"selection={selection}"]
+    best = {k: float(best.get(k, default)) for k, default in SETTING_DEFAULTS.items()}
+    sites, settings = [f"{sae}@{kind}"], [{target: best}]
+    if kind in EXTRA_SITES.get(name, {}):
+        hookpoints, setting = EXTRA_SITES[name][kind]
+        sites += [f"{run / XATTN_RUN / 'saes' / h}@{kind}" for h in hookpoints]
+        settings += [{target: dict(setting)}] * len(hookpoints)
+    return sites, settings, [f"{k}={v}" for k, v in best.items()] + [f"selection={selection}"]
 
 
 # rows each SAE's concept supervision sees: `saeuron supervise`'s 20 epochs over the demo's one-seed object cache
@@ -132,9 +149,10 @@ def run_job(pipe, run: Path, name: str, target: str, eval_seeds: list[int], tune
         return json.loads(out.read_text())
     folder = run / "unlearned" / name / slug(target)
     if not (folder / "unlearn.json").exists():
-        sae, settings = sae_settings(pipe, run, name, target, tune_seeds, sampler) if method == "saeuron" else (None, [])
+        sae, site_settings, settings = sae_settings(pipe, run, name, target, tune_seeds, sampler) if method == "saeuron" else (None, None, [])
         print(f"[{name}] unlearning {target}", flush=True)
-        unlearn(method, [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None)
+        unlearn(method, [target], folder, pipe, "minicanvas", ConceptSet.minicanvas(), 0, settings, sae=sae, log=lambda s: None,
+                site_settings=site_settings)
     record = json.loads((folder / "unlearn.json").read_text())
     res = run_unlearned_evaluation(folder, eval_seeds, sampler, run / "eval" / name / f"{slug(target)}.json", None, pipe,
                                    base_images=base_images)
@@ -198,13 +216,28 @@ def not_run(name: str, kind: str) -> str:
     _, selection, rules = VARIANTS.get(name, (None, None, None))
     _, paper_selection, paper_rules = VARIANTS["saeuron-paper"]
     same = name != "saeuron-paper" and rules is not None and (selection, rules[kind]) == (paper_selection, paper_rules[kind]) \
-        and kind not in GRID_CHANGES.get(name, {}) and name not in TUNE_SEEDS
+        and kind not in GRID_CHANGES.get(name, {}) and kind not in EXTRA_SITES.get(name, {}) and name not in TUNE_SEEDS
     return "as saeuron-paper" if same else "not run"
 
 
-def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
+def read_rows(folder: Path, name: str) -> dict[str, dict]:
+    """A variant's rows per target in folder/results/<variant>/ (none: {})."""
+    files = {t: folder / "results" / name / f"{slug(t)}.json" for t in TARGETS}
+    return {t: json.loads(f.read_text()) for t, f in files.items() if f.exists()}
+
+
+def table_rows(entries: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """One row per variant and machine, in VARIANTS order: a variant measured on two machines (its SAEs trained on a GPU
+    and on the CPU) shows both rows; a later entry replaces an earlier one of the same variant and machine (this run's
+    rows replace --with-results ones)."""
+    table = {(name, tuple(sorted({r.get("machine", "") for r in t["targets"].values()}))): (name, t) for name, t in entries}
+    return sorted(table.values(), key=lambda e: list(VARIANTS).index(e[0]))
+
+
+def write_markdown(out: Path, table: list[tuple[str, dict]], args, eval_seeds: list[int]) -> None:
+    """The table: one row per (variant, machine) entry of `table`, in its order."""
     cmd = "python scripts/bench_methods.py " + " ".join(sys.argv[1:])
-    machines = sorted({r.get("machine", machine()) for t in table.values() for r in t["targets"].values()}) or [machine()]
+    machines = sorted({r.get("machine", machine()) for _, t in table for r in t["targets"].values()}) or [machine()]
     lines = ["# Unlearning methods side by side on minicanvas", "",
              f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Targets {', '.join(TARGETS)}; every method at its "
              f"default setting (`saeuron unlearn --method M --show`), seed 0; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} "
@@ -224,7 +257,7 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
     def label(name: str, t: dict) -> str:
         here = sorted({r.get("machine", machine()) for r in t["targets"].values()})
         return name if len(machines) == 1 else f"{name} [{', '.join(str(machines.index(m) + 1) for m in here)}]"
-    for name, t in table.items():
+    for name, t in table:
         rows = list(t["targets"].values())
         styles = [r for k, r in t["targets"].items() if k.startswith("style:")]
         objects = [r for k, r in t["targets"].items() if k.startswith("object:")]
@@ -233,7 +266,7 @@ def write_markdown(out: Path, table: dict, args, eval_seeds: list[int]) -> None:
         lines.append(f"| {label(name, t)} | " + " | ".join(cells) + f" | {mean_of(rows, 'frechet'):.2f} | {mean_of(rows, 'changed'):.1f}% | "
                      f"{mean_of(rows, 'wall_time_s'):.1f} | {t.get('time_ratio', float('nan')):.2f} | {mean_of(rows, 'storage_mb'):.2f} |")
     lines += ["", "Per target (UA / IRA / CRA):", "", "| method | " + " | ".join(TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
-    for name, t in table.items():
+    for name, t in table:
         lines.append(f"| {label(name, t)} | " + " | ".join(
             f"{t['targets'][x]['UA']:.0f} / {t['targets'][x]['IRA']:.0f} / {t['targets'][x]['CRA']:.0f}" if x in t["targets"] else "" for x in TARGETS) + " |")
     lines += ["", "## Published UnlearnCanvas rows (Stable Diffusion 1.5, 50 styles x 20 objects: not comparable in absolute terms)", "",
@@ -268,7 +301,7 @@ def attack_section(path: Path, eval_seeds: list[int]) -> list[str]:
 
 
 # slowest first, so that parallel jobs finish together
-COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-late", "saeuron-paper-dom2", "saemnesia", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-xattn", "saeuron-paper-late", "saeuron-paper-dom2", "saemnesia", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
 
 
 def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:
@@ -350,6 +383,8 @@ def main():
         return
     if any(VARIANTS[n][0] == "saeuron" for n in names):
         build_run(run, DemoConfig(cache_seeds=tuple(cache_seeds), eval_seeds=tuple(eval_seeds)), pipe, BENCH_HOOKPOINTS)
+    if extra := {h for n in names for hookpoints, _ in EXTRA_SITES.get(n, {}).values() for h in hookpoints}:
+        build_run(run / XATTN_RUN, DemoConfig(eval_seeds=tuple(eval_seeds)), pipe, tuple(sorted(extra)))
     if any(VARIANTS[n][1] == "assigned" for n in names):
         supervised_saes(run)
     jobs = [(n, t) for n in sorted(names, key=lambda n: COST_ORDER.index(n) if n in COST_ORDER else len(COST_ORDER)) for t in targets
@@ -357,27 +392,20 @@ def main():
     failed = run_jobs(jobs, args.jobs, args) if args.jobs > 1 else []
     for name, target in ([] if args.jobs > 1 else jobs):
         run_job(pipe, run, name, target, eval_seeds, tune_seeds, sampler, base_images)
-    table = {}
-    for other in args.with_results:  # rows measured elsewhere, with their own generation-time ratios
-        for name in VARIANTS:
-            rows = {t: json.loads((other / "results" / name / f"{slug(t)}.json").read_text()) for t in TARGETS
-                    if (other / "results" / name / f"{slug(t)}.json").exists()}
-            if rows and name not in table:
-                table[name] = {"targets": rows, "time_ratio": json.loads((other / "results" / name / "time_ratio.json").read_text())}
+    entries = [(name, {"targets": rows, "time_ratio": json.loads((other / "results" / name / "time_ratio.json").read_text())})
+               for other in args.with_results for name in VARIANTS if (rows := read_rows(other, name))]  # measured elsewhere
     for name in names:  # sequential, alone on the machine: generation time and the grids
-        rows = {t: json.loads((run / "results" / name / f"{slug(t)}.json").read_text()) for t in TARGETS
-                if (run / "results" / name / f"{slug(t)}.json").exists()}
-        folders = {t: run / "unlearned" / name / slug(t) for t in rows}
-        if not rows:
+        if not (rows := read_rows(run, name)):
             continue
+        folders = {t: run / "unlearned" / name / slug(t) for t in rows}
         ratio_file = run / "results" / name / "time_ratio.json"
         if not ratio_file.exists():
             ratio_file.write_text(json.dumps(time_ratio(pipe, load_unlearned(next(iter(folders.values())), pipe), sampler)))
-        table[name] = {"targets": rows, "time_ratio": json.loads(ratio_file.read_text())}
+        entries.append((name, {"targets": rows, "time_ratio": json.loads(ratio_file.read_text())}))
         png = args.png_dir / f"{name}.png"
-        if not png.exists() and len(rows) == len(TARGETS):
+        if not png.exists() and set(rows) >= set(targets):
             grid_png(pipe, name, folders, sampler, png, eval_seeds[0])
-    write_markdown(args.out, {n: table[n] for n in VARIANTS if n in table}, args, eval_seeds)
+    write_markdown(args.out, table_rows(entries), args, eval_seeds)
     print(args.out.read_text())
     if failed:
         raise SystemExit(f"{len(failed)} jobs failed: {failed}")
