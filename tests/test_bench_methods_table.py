@@ -1,4 +1,5 @@
-"""The methods bench's table: one row per variant and machine, and the cells of a variant that changes one kind only."""
+"""The methods bench: its table (one row per variant and machine, the cells of a variant that changes one kind only) and
+its tuning beside fixed SAE sites."""
 
 import argparse
 import sys
@@ -36,3 +37,25 @@ def test_a_variant_on_two_machines_keeps_both_rows_and_a_rerun_replaces_its_own(
     # the cross-attention variant changes objects only: its style cells are saeuron-paper's
     assert lines["| saeuron-paper-xattn [1]"].split(" | ")[1:4] == ["as saeuron-paper"] * 3
     assert lines["| saeuron-paper-xattn [1]"].split(" | ")[4] == "95.0"
+
+
+def test_a_site_tuned_beside_fixed_sites_samples_them_all_in_one_pass(tiny_run, minicanvas_pipe):
+    """`WithFixedSites` is the tuned site alone when no other site is given, and adds the others' edits when one is."""
+    import torch
+
+    from conftest import TINY_HOOKPOINT
+    from saeuron.ablate import load_ablation_site
+    from saeuron.pipelines import SamplerConfig
+
+    site = load_ablation_site(tiny_run / "saes" / TINY_HOOKPOINT)
+    fast, prompts, seeds = SamplerConfig(steps=3), ["a star in neon style", "a ring in ocean style"], [5, 5]
+    setting = {"style:neon": {"percentile": 99.0, "multiplier": -5.0, "dominance": 0.0, "start": 0.0}}
+    alone = site.sample(minicanvas_pipe, site.plan(["style:neon"], params=setting), prompts, seeds, fast)
+    wrapped = bench_methods.WithFixedSites(site, [])
+    assert torch.equal(wrapped.sample(minicanvas_pipe, wrapped.plan(["style:neon"], setting), prompts, seeds, fast), alone)
+    # a second, fixed site with more features acts in the same pass
+    wide = {"percentile": 90.0, "multiplier": -20.0, "dominance": 0.0, "start": 0.0}
+    both = bench_methods.WithFixedSites(site, [(site, wide)])
+    edits = both.plan(["style:neon"], setting)
+    assert [e[1] for e in edits] == [TINY_HOOKPOINT] * 2 and edits[1][2].n_features() > edits[0][2].n_features()
+    assert not torch.allclose(both.sample(minicanvas_pipe, edits, prompts, seeds, fast), alone, atol=1e-3)
