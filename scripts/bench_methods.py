@@ -55,8 +55,8 @@ VARIANTS = {
     "saeuron-paper-late": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-dom2": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
-    "saeuron-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": {"percentile": (99.5,), "multiplier": (-5.0, -10.0, -20.0),
-                                                                                "dominance": (2.0,), "start": (0.2,)}}),
+    "saeuron-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": {"percentile": (99.5,), "multiplier": (-5.0, -10.0, -20.0, -30.0),
+                                                                                "dominance": (2.0,), "start": (0.0, 0.2)}}),
     "saeuron": ("saeuron", "saeuron", {"style": "fixed", "object": TUNING_GRID}),
     "saemnesia": ("saeuron", "assigned", {"style": "supervised-grid", "object": "supervised-grid"}),
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
@@ -76,10 +76,11 @@ GRID_CHANGES = {"saeuron-paper-late": {"object": {"start": (0.2,)}}, "saeuron-pa
 # demo builds them (run/xattn: cache seed 0, 256 latents from 400k tokens) at the demo's setting there (chosen for the
 # star on development seeds 275-279 and 285-294; benchmarks/RESULTS.md, session 22); its object block keeps
 # saeuron-paper's tuned setting (the same tuning record)
-# saeuron-xattn ablates objects as the demo does: at the object block ~8 features a step (percentile 99.5 of 1,536), of
-# dominance 2, from a fifth of the steps on, its multiplier tuned per object (SAeUron's search) with the cross-attention
-# sites on, at multiplier -5 there (the star on development seeds 200-204 with this bench's CPU SAE: 82 at -1, 90 at -5;
-# with the paper's setting at the block 62-66 whatever the cross-attention multiplier: benchmarks/RESULTS.md, session 23)
+# saeuron-xattn ablates objects as the demo does: at the object block ~8 features a step (percentile 99.5 of 1,536) of
+# dominance 2, its multiplier (the paper's -5 ... -30) and start (every step, or from a fifth on: the ring needs the
+# first, the star the second) tuned per object (SAeUron's search) with the cross-attention sites on, at multiplier -5
+# there (the star on development seeds 200-204 with this bench's CPU SAE: 82 at -1, 90 at -5; with the paper's setting
+# at the block 62-66 whatever the cross-attention multiplier: benchmarks/RESULTS.md, session 23)
 EXTRA_SITES = {"saeuron-paper-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, DemoConfig().xattn_setting)},
                "saeuron-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, {**DemoConfig().xattn_setting, "multiplier": -5.0})}}
 TUNED_AS = {"saeuron-paper-xattn": "saeuron-paper"}  # the same setting at the block: the paper's record, tuned without the other sites
