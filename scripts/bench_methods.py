@@ -13,7 +13,9 @@ objects tuned over 1-3 features a step x multipliers -1 ... -30), with this proj
 and as its best variant (`saeuron-specific`: the `specific` selection, styles with a minimum
 dominance tuned per style); `saeuron-paper-late` is the paper's with the first fifth of the denoising
 steps left unablated for objects, `saeuron-paper-t5` the paper's tuned on 5 seeds, and `saeuron-paper-xattn` the paper's
-with each object also ablated on SAEs of the five 16x16 cross-attention outputs, as the demo does. `saemnesia` fine-tunes
+with each object also ablated on SAEs of the five 16x16 cross-attention outputs, as the demo does; `saeuron-xattn` ablates
+objects as the demo (~8 features a step of dominance 2 at the block, its multiplier and start tuned per object, and
+the cross-attention sites). `saemnesia` fine-tunes
 the run's two SAEs with concept labels (`saeuron supervise`, SAEmnesia) and ablates each target's bound latent, its
 multiplier tuned over the paper's -1 ... -30 on the tuning seeds. Every step resumes where it stopped.
 """
