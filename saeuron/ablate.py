@@ -269,9 +269,14 @@ def ablations_applied(pipe, edits: list[tuple[object, str, AblationPlan, str]]) 
 
 def sample_with_ablation(pipe, sae, hookpoint: str, plan: AblationPlan, prompts, seeds, config, capture: str = "output"):
     """Generate with the plan applied to the hookpoint (on the signal the SAE was trained on), both CFG halves."""
+    return sample_with_ablations(pipe, [(sae, hookpoint, plan, capture)], prompts, seeds, config)
+
+
+def sample_with_ablations(pipe, edits: list[tuple[object, str, AblationPlan, str]], prompts, seeds, config):
+    """Generate with every (sae, hookpoint, plan, capture) edit applied in one pass (`ablations_applied`)."""
     from .pipelines import sample
 
-    with torch.no_grad(), ablations_applied(pipe, [(sae, hookpoint, plan, capture)]) as on_step:
+    with torch.no_grad(), ablations_applied(pipe, edits) as on_step:
         return sample(pipe, prompts, seeds, config, on_step=on_step)
 
 

@@ -37,7 +37,7 @@ from saeuron.cache import count_rows  # noqa: E402
 from saeuron.cli_args import parse_seeds  # noqa: E402
 from saeuron.concept_set import Concept, ConceptSet  # noqa: E402
 from saeuron.demo import OBJECT_HOOKPOINT, OBJECT_XATTN_HOOKPOINTS, STYLE_HOOKPOINT, DemoConfig, build_run  # noqa: E402
-from saeuron.ablate import SETTING_DEFAULTS, ablations_applied, load_ablation_site  # noqa: E402
+from saeuron.ablate import SETTING_DEFAULTS, load_ablation_site, sample_with_ablations  # noqa: E402
 from saeuron.evaluate import TUNING_GRID, _tuning_record, default_judge, full_answer_set, generate_answer_set, paper_grid, paper_percentile, run_unlearned_evaluation, tune_target  # noqa: E402
 from saeuron.pipelines import SamplerConfig, load_pipeline, resolve_sampler, sample, to_uint8  # noqa: E402
 from saeuron.unlearn import load_unlearned, unlearn  # noqa: E402
@@ -110,8 +110,7 @@ class WithFixedSites:
                 for s, p in [(self.site, params), *((o, {t: setting for t in targets}) for o, setting in self.others)]]
 
     def sample(self, pipe, edits: list[tuple], prompts, seeds, config) -> torch.Tensor:
-        with torch.no_grad(), ablations_applied(pipe, edits) as on_step:
-            return sample(pipe, prompts, seeds, config, on_step=on_step)
+        return sample_with_ablations(pipe, edits, prompts, seeds, config)
 
 
 def extra_sites(run: Path, name: str, kind: str) -> list[tuple[Path, dict]]:
