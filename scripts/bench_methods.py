@@ -51,14 +51,17 @@ TARGETS = ["style:neon", "style:ocean", "style:lava", "object:star", "object:rin
 # name -> (method, SAeUron's selection rule, its setting per kind: "paper-fixed" (the paper's style setting: 1 feature a
 # step, multiplier -1), "fixed" (this project's: 99.7, ~3 features, multiplier -1), "paper-grid" (tuned over the
 # paper's 1-3 features x -1 ... -30) or a tuning grid)
+# saeuron-xattn's object grid at the block: the demo's ~8 features a step of dominance 2, the paper's multipliers, and the start
+XATTN_OBJECT_GRID = {"percentile": (99.5,), "multiplier": (-5.0, -10.0, -20.0, -30.0), "dominance": (2.0,), "start": (0.0, 0.2)}
+FIXED_RULES = ("fixed", "paper-fixed")  # the settings no tuning chooses
 VARIANTS = {
     "saeuron-paper": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-t5": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-late": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-dom2": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
     "saeuron-paper-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": "paper-grid"}),
-    "saeuron-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": {"percentile": (99.5,), "multiplier": (-5.0, -10.0, -20.0, -30.0),
-                                                                                "dominance": (2.0,), "start": (0.0, 0.2)}}),
+    "saeuron-xattn": ("saeuron", "saeuron", {"style": "paper-fixed", "object": XATTN_OBJECT_GRID}),
+    "saeuron-xattn-t5": ("saeuron", "saeuron", {"style": "paper-fixed", "object": XATTN_OBJECT_GRID}),
     "saeuron": ("saeuron", "saeuron", {"style": "fixed", "object": TUNING_GRID}),
     "saemnesia": ("saeuron", "assigned", {"style": "supervised-grid", "object": "supervised-grid"}),
     "saeuron-specific": ("saeuron", "specific", {"style": {"percentile": (99.7,), "multiplier": (-1.0,), "dominance": (0.0, 2.0, 3.0)},
@@ -66,8 +69,9 @@ VARIANTS = {
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
     "ca": ("ca", None, None), "spm": ("spm", None, None), "unguide": ("unguide", None, None), "sa": ("sa", None, None),
 }
-# variants that change the tuning seeds (default --tune-seeds): saeuron-paper-t5 is saeuron-paper tuned on 5 seeds, not 2
-TUNE_SEEDS = {"saeuron-paper-t5": "100-104"}
+# variants that change the tuning seeds (default --tune-seeds): saeuron-paper-t5 is saeuron-paper tuned on 5 seeds, not 2;
+# saeuron-xattn-t5 is saeuron-xattn tuned on 5 (50 target images a grid point, not 20)
+TUNE_SEEDS = {"saeuron-paper-t5": "100-104", "saeuron-xattn-t5": "100-104"}
 # variants that change settings the grid holds fixed: saeuron-paper-late is saeuron-paper with the first fifth of the
 # denoising steps unablated for objects (start 0.2, chosen with the demo's SAE on development seeds 200-204);
 # saeuron-paper-dom2 is saeuron-paper whose object features must be fired at least twice as strongly by the target as
@@ -85,6 +89,7 @@ GRID_CHANGES = {"saeuron-paper-late": {"object": {"start": (0.2,)}}, "saeuron-pa
 # at the block 62-66 whatever the cross-attention multiplier: benchmarks/RESULTS.md, session 23)
 EXTRA_SITES = {"saeuron-paper-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, DemoConfig().xattn_setting)},
                "saeuron-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, {**DemoConfig().xattn_setting, "multiplier": -5.0})}}
+EXTRA_SITES["saeuron-xattn-t5"] = EXTRA_SITES["saeuron-xattn"]
 TUNED_AS = {"saeuron-paper-xattn": "saeuron-paper"}  # the same setting at the block: the paper's record, tuned without the other sites
 XATTN_RUN = "xattn"  # the run's subfolder of the cross-attention SAEs (its own store: the bench's store has two hookpoints)
 PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
@@ -137,7 +142,7 @@ def sae_settings(pipe, run: Path, name: str, target: str, tune_seeds: list[int],
         rule = {**paper_grid(width), "percentile": (99.5,)}  # SAEmnesia searches the multiplier only (-1 ... -30)
     changes = GRID_CHANGES.get(name, {}).get(kind, {})
     extra = extra_sites(run, name, kind)
-    if rule in ("fixed", "paper-fixed"):
+    if rule in FIXED_RULES:
         best = {"percentile": 99.7 if rule == "fixed" else paper_percentile(1, width), "multiplier": -1.0, "dominance": 0.0,
                 **{k: v[0] for k, v in changes.items()}}
     else:
@@ -247,7 +252,8 @@ def not_run(name: str, kind: str) -> str:
     _, selection, rules = VARIANTS.get(name, (None, None, None))
     _, paper_selection, paper_rules = VARIANTS["saeuron-paper"]
     same = name != "saeuron-paper" and rules is not None and (selection, rules[kind]) == (paper_selection, paper_rules[kind]) \
-        and kind not in GRID_CHANGES.get(name, {}) and kind not in EXTRA_SITES.get(name, {}) and name not in TUNE_SEEDS
+        and kind not in GRID_CHANGES.get(name, {}) and kind not in EXTRA_SITES.get(name, {}) \
+        and (name not in TUNE_SEEDS or rules[kind] in FIXED_RULES)  # other tuning seeds change only what is tuned
     return "as saeuron-paper" if same else "not run"
 
 
@@ -332,7 +338,7 @@ def attack_section(path: Path, eval_seeds: list[int]) -> list[str]:
 
 
 # slowest first, so that parallel jobs finish together
-COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-xattn", "saeuron-xattn", "saeuron-paper-late", "saeuron-paper-dom2", "saemnesia", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
+COST_ORDER = ["ca", "spm", "unguide", "sa", "saeuron-paper-t5", "saeuron-paper", "saeuron-paper-xattn", "saeuron-xattn-t5", "saeuron-xattn", "saeuron-paper-late", "saeuron-paper-dom2", "saemnesia", "saeuron-specific", "saeuron", "esd-u", "esd-x", "uce"]
 
 
 def run_jobs(jobs: list[tuple[str, str]], n: int, args) -> list[tuple[str, str]]:

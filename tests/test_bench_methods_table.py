@@ -59,3 +59,18 @@ def test_a_site_tuned_beside_fixed_sites_samples_them_all_in_one_pass(tiny_run, 
     edits = both.plan(["style:neon"], setting)
     assert [e[1] for e in edits] == [TINY_HOOKPOINT] * 2 and edits[1][2].n_features() > edits[0][2].n_features()
     assert not torch.allclose(both.sample(minicanvas_pipe, edits, prompts, seeds, fast), alone, atol=1e-3)
+
+
+def test_variant_tables_name_known_variants_and_a_changed_kind_is_never_borrowed():
+    b = bench_methods
+    for table in (b.TUNE_SEEDS, b.GRID_CHANGES, b.EXTRA_SITES, b.TUNED_AS):
+        assert set(table) <= set(b.VARIANTS), set(table) - set(b.VARIANTS)
+    assert set(b.TUNED_AS.values()) <= set(b.VARIANTS)
+    assert set(b.VARIANTS) <= set(b.COST_ORDER)  # each variant has its place in the parallel jobs' order
+    # saeuron-xattn-t5 changes objects (their tuning seeds and sites) only: its styles, whose setting is fixed, are the
+    # paper row's; saeuron-paper-t5 changes the tuning of the paper's object grid
+    assert b.not_run("saeuron-xattn-t5", "style") == "as saeuron-paper"
+    assert b.not_run("saeuron-xattn-t5", "object") == "not run"
+    assert b.not_run("saeuron-paper-t5", "object") == "not run"
+    assert b.not_run("saeuron-xattn", "style") == "as saeuron-paper"
+    assert b.not_run("saeuron-xattn", "object") == "not run"
