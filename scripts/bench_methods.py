@@ -275,11 +275,12 @@ def write_markdown(out: Path, table: list[tuple[str, dict]], args, eval_seeds: l
     """The table: one row per (variant, machine) entry of `table`, in its order."""
     cmd = "python scripts/bench_methods.py " + " ".join(sys.argv[1:])
     machines = sorted({r.get("machine", machine()) for _, t in table for r in t["targets"].values()}) or [machine()]
+    other_tuning = "".join(f" ({n}: {TUNE_SEEDS[n]})" for n in dict.fromkeys(n for n, _ in table) if n in TUNE_SEEDS)
     lines = ["# Unlearning methods side by side on minicanvas", "",
              f"Written by `{cmd.strip()}` ({time.strftime('%Y-%m-%d')}). Targets {', '.join(TARGETS)}; every method at its "
              f"default setting (`saeuron unlearn --method M --show`), seed 0; evaluation seeds {eval_seeds[0]}-{eval_seeds[-1]} "
              f"(UnlearnCanvas metrics by the minicanvas classifier over the 110-prompt grid), which no setting of any method "
-             "looked at. SAeUron tuned on seeds " + args.tune_seeds + ", cached on seeds " + args.cache_seeds + ". "
+             "looked at. SAeUron tuned on seeds " + args.tune_seeds + other_tuning + ", cached on seeds " + args.cache_seeds + ". "
              "Fidelity on kept prompts: Frechet distance of classifier features, share of images whose labels changed. "
              "Time: generation of the same 50 images unlearned / plain. Storage: the method's files (SAeUron: its SAE). "
              "Machine: " + ("; ".join(f"[{i + 1}] {m}" for i, m in enumerate(machines)) + " (each row marked by its machine)"
