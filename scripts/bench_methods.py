@@ -69,6 +69,7 @@ VARIANTS = {
     "esd-x": ("esd-x", None, None), "esd-u": ("esd-u", None, None), "uce": ("uce", None, None),
     "ca": ("ca", None, None), "spm": ("spm", None, None), "unguide": ("unguide", None, None), "sa": ("sa", None, None),
 }
+DEFAULT_TUNE_SEEDS = "100-101"  # SAeUron's tuning seeds on the bench (--tune-seeds)
 # variants that change the tuning seeds (default --tune-seeds): saeuron-paper-t5 is saeuron-paper tuned on 5 seeds, not 2;
 # saeuron-xattn-t5 is saeuron-xattn tuned on 5 (50 target images a grid point, not 20)
 TUNE_SEEDS = {"saeuron-paper-t5": "100-104", "saeuron-xattn-t5": "100-104"}
@@ -88,8 +89,8 @@ GRID_CHANGES = {"saeuron-paper-late": {"object": {"start": (0.2,)}}, "saeuron-pa
 # there (the star on development seeds 200-204 with this bench's CPU SAE: 82 at -1, 90 at -5; with the paper's setting
 # at the block 62-66 whatever the cross-attention multiplier: benchmarks/RESULTS.md, session 23)
 EXTRA_SITES = {"saeuron-paper-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, DemoConfig().xattn_setting)},
-               "saeuron-xattn": {"object": (OBJECT_XATTN_HOOKPOINTS, {**DemoConfig().xattn_setting, "multiplier": -5.0})}}
-EXTRA_SITES["saeuron-xattn-t5"] = EXTRA_SITES["saeuron-xattn"]
+               **dict.fromkeys(("saeuron-xattn", "saeuron-xattn-t5"),
+                               {"object": (OBJECT_XATTN_HOOKPOINTS, {**DemoConfig().xattn_setting, "multiplier": -5.0})})}
 TUNED_AS = {"saeuron-paper-xattn": "saeuron-paper"}  # the same setting at the block: the paper's record, tuned without the other sites
 XATTN_RUN = "xattn"  # the run's subfolder of the cross-attention SAEs (its own store: the bench's store has two hookpoints)
 PUBLISHED = {  # UnlearnCanvas, SD 1.5 (BASELINES.md section 4): style UA / IRA / CRA, object UA / IRA / CRA
@@ -375,7 +376,7 @@ def main():
     p.add_argument("--methods", default=",".join(VARIANTS))
     p.add_argument("--targets", default=",".join(TARGETS), help="a subset of the fixed targets (for a quick check)")
     p.add_argument("--cache-seeds", default="0-3")
-    p.add_argument("--tune-seeds", default="100-101")
+    p.add_argument("--tune-seeds", default=DEFAULT_TUNE_SEEDS)
     p.add_argument("--eval-seeds", default="300-304")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "METHODS.md")
     p.add_argument("--png-dir", type=Path, default=ROOT / "benchmarks" / "methods", help="where the per-method grids go")
